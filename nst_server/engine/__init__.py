@@ -1,0 +1,18 @@
+"""The style engine: VGG19 features, Gatys losses, L-BFGS/Adam. No HTTP in here.
+
+Importing this package does not import TensorFlow; ``StyleEngine`` does when first used.
+"""
+
+from nst_server.engine.errors import EngineError
+from nst_server.engine.progress import PHASES, Cancelled, Progress, ProgressCallback
+
+__all__ = ["PHASES", "Cancelled", "EngineError", "Progress", "ProgressCallback", "StyleEngine"]
+
+
+def __getattr__(name: str):
+    # Lazy so that `import nst_server.engine` stays cheap for the API layer and the CLI's --help.
+    if name == "StyleEngine":
+        from nst_server.engine.core import StyleEngine
+
+        return StyleEngine
+    raise AttributeError(name)

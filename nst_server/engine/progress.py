@@ -1,0 +1,36 @@
+"""Progress events sent by the engine, and the exception a callback raises to cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Phases a job goes through, in order. The job queue adds "queued" before and "encoding" after.
+PHASES = ("queued", "loading", "preparing", "optimising", "encoding")
+
+
+class Cancelled(Exception):  # noqa: N818 - it is an outcome, not a failure
+    """Raised by a progress callback to stop a run; the engine lets it propagate."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event.
+
+    ``preview`` is the current iterate (float32, H x W x 3, RGB in [0, 1], at processing size),
+    present on "optimising" events; consumers must not modify it.
+    """
+
+    phase: str
+    step: int
+    total: int
+    elapsed_s: float
+    eta_s: float | None = None
+    losses: Mapping[str, float] = field(default_factory=dict)
+    size: tuple[int, int] | None = None  # processing (width, height)
+    preview: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+
+ProgressCallback = Callable[[Progress], None]
