@@ -174,9 +174,7 @@ def _fetch_weights(ns: argparse.Namespace) -> int:
 
 
 def _stylize(ns: argparse.Namespace) -> int:
-    from nst_server.engine import EngineError, StyleEngine
     from nst_server.images import ImageError, encode_png, load_image_file
-    from nst_server.weights import WeightsError
 
     _log_to_stderr(logging.WARNING)
     overrides = {
@@ -185,8 +183,19 @@ def _stylize(ns: argparse.Namespace) -> int:
         if getattr(ns, f.name) is not None
     }
     try:
+        # Ranges do not depend on the device: refuse bad flags and files before loading
+        # TensorFlow (seconds) so a typo costs nothing.
+        StyleParams.from_mapping(overrides, "cpu")
         content = load_image_file(ns.content, max_pixels=_CLI_MAX_PIXELS)
         styles = [load_image_file(p, max_pixels=_CLI_MAX_PIXELS).pixels for p in ns.style]
+    except (OSError, ImageError, ParamsError) as exc:
+        print(f"nst-server: {exc}", file=sys.stderr)
+        return 2
+
+    from nst_server.engine import EngineError, StyleEngine
+    from nst_server.weights import WeightsError
+
+    try:
         engine = StyleEngine(ns.weights, fetch=True)
         params = StyleParams.from_mapping(overrides, engine.device)
         print(
@@ -200,7 +209,7 @@ def _stylize(ns: argparse.Namespace) -> int:
             bar.finish()
         ns.output.parent.mkdir(parents=True, exist_ok=True)
         ns.output.write_bytes(encode_png(result, bit_depth=content.bit_depth))
-    except (OSError, ImageError, ParamsError, WeightsError, EngineError) as exc:
+    except (OSError, WeightsError, EngineError) as exc:
         print(f"nst-server: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {ns.output}", file=sys.stderr)

@@ -1,0 +1,422 @@
+"""The Flask API through its test client, on the fake engine (one layer; the live test proves
+the whole stack)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import FakeEngine, png_bytes, raw_png, rgb_image, wait_for
+from PIL import Image
+
+import nst_server
+from nst_server.api import create_app, get_queue
+
+PNG = png_bytes(rgb_image(40, 32))
+STYLE_PNG = png_bytes(rgb_image(24, 24))
+
+
+def form(content: bytes = PNG, style: bytes | list[bytes] = STYLE_PNG, params=None, **extra):
+    data: dict = {"content": (io.BytesIO(content), "content.png")}
+    styles = style if isinstance(style, list) else [style]
+    data["style"] = [(io.BytesIO(s), f"style{i}.png") for i, s in enumerate(styles)]
+    if params is not None:
+        data["params"] = params if isinstance(params, str) else json.dumps(params)
+    for key, value in extra.items():
+        data[key] = (io.BytesIO(value), f"{key}.png")
+    return data
+
+
+def post_job(client, **kwargs):
+    return client.post("/v1/jobs", data=form(**kwargs), content_type="multipart/form-data")
+
+
+def assert_error(response, status: int, code: str, *words: str) -> str:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code
+    message = body["error"]["message"]
+    for word in words:
+        assert word in message, message
+    assert "Traceback" not in message and 'File "' not in message
+    return message
+
+
+def wait_done(client, job_id: str) -> dict:
+    def poll():
+        body = client.get(f"/v1/jobs/{job_id}").get_json()
+        return body if body["state"] in ("done", "failed", "cancelled") else None
+
+    return wait_for(poll, 5, f"job {job_id}")
+
+
+# --- factory and read-only endpoints ----------------------------------------------------------
+
+
+def test_factory_layers_defaults_env_and_test_config(monkeypatch, fake_engine) -> None:
+    monkeypatch.setenv("NST_MAX_PIXELS", "1234")
+    monkeypatch.setenv("NST_QUEUE_SIZE", "3")
+    app = create_app({"ENGINE": fake_engine, "QUEUE_SIZE": 5, "START_WORKER": False})
+    try:
+        assert app.config["MAX_PIXELS"] == 1234  # env, parsed as JSON
+        assert app.config["MAX_ITERATIONS"] == 5000  # default
+        assert get_queue(app).capacity == 5  # test_config wins over env
+        assert get_queue(app) is get_queue(app)
+    finally:
+        get_queue(app).close()
+
+
+def test_health(client, fake_engine) -> None:
+    wait_for(lambda: fake_engine.loaded)
+    body = client.get("/v1/health").get_json()
+    assert body["status"] == "ok"
+    assert body["version"] == nst_server.__version__
+    assert body["backbone"] == "VGG19"
+    assert body["weights"] == "fake weights (tests)"
+    assert body["device"] == "cpu"
+    assert body["queue"] == {"queued": 0, "running": 0, "capacity": 16}
+    assert body["log"] is None
+
+
+def test_health_reports_loading(make_app) -> None:
+    engine = FakeEngine(load_s=1.0)
+    client = make_app(engine, LOG_FILE="/var/log/x.log").test_client()
+    body = client.get("/v1/health").get_json()
+    assert body["status"] == "loading" and body["log"] == "/var/log/x.log"
+
+
+def test_params_describes_every_field_with_this_servers_limits(make_app) -> None:
+    client = make_app(MAX_ITERATIONS=300, MAX_PROCESSING_SIZE=1024).test_client()
+    body = client.get("/v1/params").get_json()
+    p = body["params"]
+    for name in (
+        "iterations",
+        "max_size",
+        "seed",
+        "optimizer",
+        "content_weight",
+        "style_weight",
+        "tv_weight",
+    ):
+        assert {"type", "default", "help"} <= set(p[name])
+    assert p["iterations"]["default"] == 150 and p["iterations"]["maximum"] == 300
+    assert p["max_size"]["default"] == 256 and p["max_size"]["maximum"] == 1024
+    assert p["optimizer"]["choices"] == ["lbfgs", "adam"]
+    assert body["limits"]["max_iterations"] == 300
+    assert body["limits"]["max_upload_bytes"] == 100 * 1024 * 1024
+    assert body["limits"]["max_pixels"] == 40_000_000
+
+
+# --- the job lifecycle ------------------------------------------------------------------------
+
+
+def test_create_poll_result(client, fake_engine) -> None:
+    response = post_job(client, params={"iterations": 3, "seed": 7})
+    assert response.status_code == 202
+    job_id = response.get_json()["id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", job_id)
+    assert response.headers["Location"] == f"/v1/jobs/{job_id}"
+    body = wait_done(client, job_id)
+    assert body["state"] == "done" and body["error"] is None
+    assert body["progress"]["step"] == 3 and body["progress"]["total"] == 3
+    assert body["params"]["seed"] == 7 and body["params"]["iterations"] == 3
+    assert isinstance(body["created"], float)
+    result = client.get(f"/v1/jobs/{job_id}/result")
+    assert result.status_code == 200 and result.mimetype == "image/png"
+    with Image.open(io.BytesIO(result.data)) as image:
+        assert image.size == (40, 32)
+    assert fake_engine.calls[0]["params"].iterations == 3
+    assert fake_engine.calls[0]["content"].shape == (32, 40, 3)
+    preview = client.get(f"/v1/jobs/{job_id}/preview")
+    assert preview.status_code == 200 and preview.mimetype == "image/png"
+
+
+def test_several_styles_and_a_mask_are_accepted(client, fake_engine) -> None:
+    response = post_job(
+        client,
+        style=[STYLE_PNG, png_bytes(rgb_image(10, 10))],
+        mask=png_bytes(rgb_image(40, 32, "L")),
+        params={"iterations": 1},
+    )
+    assert response.status_code == 202
+    wait_done(client, response.get_json()["id"])
+    assert len(fake_engine.calls[0]["styles"]) == 2
+
+
+def test_params_may_come_as_a_file_part(client, fake_engine) -> None:
+    data = form()
+    data["params"] = (io.BytesIO(b'{"iterations": 2}'), "params.json")
+    response = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
+    assert response.status_code == 202
+    wait_done(client, response.get_json()["id"])
+    assert fake_engine.calls[0]["params"].iterations == 2
+
+
+def test_default_params_are_the_devices(client, fake_engine) -> None:
+    wait_done(client, post_job(client).get_json()["id"])
+    assert fake_engine.calls[0]["params"].iterations == 150
+
+
+def test_result_while_running_is_409_and_delete_cancels(make_app) -> None:
+    engine = FakeEngine(mode="slow", step_s=0.02)
+    client = make_app(engine).test_client()
+    job_id = post_job(client, params={"iterations": 5000}).get_json()["id"]
+    wait_for(lambda: engine.steps_done >= 1)
+    assert_error(client.get(f"/v1/jobs/{job_id}/result"), 409, "not_ready", "running")
+    response = client.delete(f"/v1/jobs/{job_id}")
+    assert response.status_code == 202 and response.get_json()["state"] == "running"
+    body = wait_done(client, job_id)
+    assert body["state"] == "cancelled"
+    assert_error(client.get(f"/v1/jobs/{job_id}/result"), 410, "job_cancelled", "cancelled")
+    again = client.delete(f"/v1/jobs/{job_id}")
+    assert again.status_code == 200 and again.get_json()["state"] == "cancelled"
+
+
+def test_failed_job_result_names_the_error(make_app) -> None:
+    client = make_app(FakeEngine(mode="engine_error")).test_client()
+    job_id = post_job(client).get_json()["id"]
+    body = wait_done(client, job_id)
+    assert body["state"] == "failed" and "out of memory" in body["error"]
+    assert_error(client.get(f"/v1/jobs/{job_id}/result"), 409, "job_failed", "out of memory")
+
+
+def test_preview_before_the_first_step_is_409(make_app) -> None:
+    engine = FakeEngine(mode="slow", step_s=0.05)
+    client = make_app(engine).test_client()
+    first = post_job(client, params={"iterations": 5000}).get_json()["id"]
+    second = post_job(client).get_json()["id"]
+    assert_error(client.get(f"/v1/jobs/{second}/preview"), 409, "no_preview", "queued")
+    client.delete(f"/v1/jobs/{first}")
+
+
+def test_abandoned_job_is_cancelled(make_app) -> None:
+    engine = FakeEngine(mode="slow", step_s=0.02)
+    client = make_app(engine, ABANDON_AFTER_S=0.3).test_client()
+    job_id = post_job(client, params={"iterations": 5000}).get_json()["id"]
+    queue = get_queue(client.application)
+    wait_for(lambda: queue.snapshot(job_id, touch=False)["state"] == "cancelled", 3)
+    body = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert "abandoned" in body["error"]
+
+
+def test_full_queue_is_429_with_retry_after(make_app) -> None:
+    engine = FakeEngine(mode="slow", step_s=0.05)
+    client = make_app(engine, QUEUE_SIZE=1, RETRY_AFTER_S=7).test_client()
+    running = post_job(client, params={"iterations": 5000}).get_json()["id"]
+    wait_for(lambda: engine.steps_done >= 1)
+    waiting = post_job(client).get_json()["id"]
+    response = post_job(client)
+    assert_error(response, 429, "queue_full", "busy")
+    assert response.headers["Retry-After"] == "7"
+    for job_id in (waiting, running):
+        client.delete(f"/v1/jobs/{job_id}")
+
+
+def test_stylize_blocks_and_returns_the_png(client) -> None:
+    response = client.post(
+        "/v1/stylize", data=form(params={"iterations": 2}), content_type="multipart/form-data"
+    )
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-NST-Job-Id"])
+    with Image.open(io.BytesIO(response.data)) as image:
+        assert image.size == (40, 32)
+        # the fake inverts red: the result really is the engine's output
+        assert image.getpixel((0, 0))[0] == 255 - rgb_image(40, 32).getpixel((0, 0))[0]
+
+
+def test_stylize_failure_is_json(make_app) -> None:
+    client = make_app(FakeEngine(mode="value_error")).test_client()
+    response = client.post("/v1/stylize", data=form(), content_type="multipart/form-data")
+    assert_error(response, 422, "job_failed", "H x W x 3")
+
+
+def test_stylize_cancels_its_job_when_the_client_disconnects(make_app) -> None:
+    engine = FakeEngine(mode="slow", step_s=0.02)
+    client = make_app(engine).test_client()
+    gone = {"now": False}
+
+    def disconnected() -> bool:
+        if engine.steps_done >= 3:
+            gone["now"] = True
+        return gone["now"]
+
+    response = client.post(
+        "/v1/stylize",
+        data=form(params={"iterations": 5000}),
+        content_type="multipart/form-data",
+        environ_base={"waitress.client_disconnected": disconnected},
+    )
+    assert_error(response, 409, "cancelled", "disconnected")
+    job_id = response.headers["X-NST-Job-Id"]
+    queue = get_queue(client.application)
+    wait_for(lambda: queue.stats()["running"] == 0, 3, "worker freed")
+    body = queue.snapshot(job_id)
+    assert body["state"] == "cancelled" and "disconnected" in body["error"]
+    assert engine.steps_done < 100
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def test_unknown_job_is_404_json(client) -> None:
+    for method, path in (("get", ""), ("get", "/result"), ("get", "/preview"), ("delete", "")):
+        response = getattr(client, method)(f"/v1/jobs/{'ab' * 16}{path}")
+        assert_error(response, 404, "not_found", "no job with id")
+
+
+def test_unknown_route_and_wrong_method_are_json(client) -> None:
+    assert_error(client.get("/nope"), 404, "not_found")
+    response = client.get("/v1/jobs")
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"iterations": "ten"}, ["iterations", "integer"]),
+        ({"iterations": 0}, ["iterations", "between"]),
+        ({"iterations": True}, ["iterations"]),
+        ({"optimizer": "sgd"}, ["optimizer", "lbfgs"]),
+        ({"content_weight": -1}, ["content_weight"]),
+        ({"max_size": 10}, ["max_size"]),
+        ({"bogus": 1}, ["unknown parameter", "bogus"]),
+        ([1, 2], ["JSON object"]),
+        ("{not json", ["not valid JSON"]),
+    ],
+)
+def test_bad_params_are_400_naming_the_field(client, params, words) -> None:
+    assert_error(post_job(client, params=params), 400, "bad_params", *words)
+
+
+def test_iterations_over_the_server_limit(make_app) -> None:
+    client = make_app(MAX_ITERATIONS=100).test_client()
+    assert_error(
+        post_job(client, params={"iterations": 101}),
+        400,
+        "bad_params",
+        "iterations",
+        "limit of 100",
+        "MAX_ITERATIONS",
+    )
+
+
+def test_processing_size_over_the_server_limit(make_app) -> None:
+    client = make_app(MAX_PROCESSING_SIZE=128).test_client()
+    assert_error(post_job(client, params={"max_size": 256}), 400, "bad_params", "limit of 128")
+    big = png_bytes(rgb_image(200, 100))
+    assert_error(
+        post_job(client, content=big, params={"max_size": 0}),
+        400,
+        "bad_params",
+        "full size",
+        "200 px",
+    )
+
+
+def test_missing_files(client) -> None:
+    response = client.post(
+        "/v1/jobs",
+        data={"style": (io.BytesIO(STYLE_PNG), "s.png")},
+        content_type="multipart/form-data",
+    )
+    assert_error(response, 400, "missing_field", "content")
+    response = client.post(
+        "/v1/jobs", data={"content": (io.BytesIO(PNG), "c.png")}, content_type="multipart/form-data"
+    )
+    assert_error(response, 400, "missing_field", "style")
+    assert_error(
+        client.post("/v1/jobs", data=b"x", content_type="text/plain"), 400, "missing_field"
+    )
+
+
+def test_too_many_styles(make_app) -> None:
+    client = make_app(MAX_STYLES=2).test_client()
+    assert_error(post_job(client, style=[STYLE_PNG] * 3), 400, "too_many_styles", "limit of 2")
+
+
+@pytest.mark.parametrize(
+    ("field", "data", "status", "code", "words"),
+    [
+        ("style", b"this is not an image", 400, "bad_image", ["style: not an image"]),
+        ("content", PNG[: len(PNG) // 2], 400, "bad_image", ["content:"]),
+        ("content", raw_png(0, 5), 400, "bad_image", ["content:"]),
+        ("style", raw_png(9000, 9000), 413, "too_large", ["style:", "megapixels", "limit"]),
+        ("mask", b"\x89PNG\r\n\x1a\n garbage", 400, "bad_image", ["mask:"]),
+    ],
+)
+def test_bad_images(client, field, data, status, code, words) -> None:
+    kwargs = {"mask": data} if field == "mask" else {field: data}
+    assert_error(post_job(client, **kwargs), status, code, *words)
+
+
+def test_upload_over_max_content_length_is_413_naming_the_limit(make_app) -> None:
+    client = make_app(MAX_CONTENT_LENGTH=50_000).test_client()
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), np.uint8))
+    assert_error(
+        post_job(client, content=png_bytes(noisy)),
+        413,
+        "too_large",
+        "50000 bytes",
+        "MAX_CONTENT_LENGTH",
+    )
+
+
+def test_converted_inputs_reach_the_engine_as_rgb_or_rgba(client, fake_engine) -> None:
+    grey = png_bytes(rgb_image(40, 32, "L"))
+    job_id = post_job(client, content=grey, params={"iterations": 1}).get_json()["id"]
+    wait_done(client, job_id)
+    content = fake_engine.calls[0]["content"]
+    assert content.shape == (32, 40, 3) and content.dtype == np.float32
+
+
+def test_server_keeps_serving_after_bad_input(client) -> None:
+    post_job(client, content=b"junk")
+    post_job(client, params="{")
+    response = post_job(client, params={"iterations": 1})
+    assert response.status_code == 202
+    assert wait_done(client, response.get_json()["id"])["state"] == "done"
+
+
+# --- token ------------------------------------------------------------------------------------
+
+
+def test_token_is_required_on_every_route_when_set(make_app) -> None:
+    client = make_app(TOKEN="s3cret").test_client()
+    for path in ("/v1/health", "/v1/params", f"/v1/jobs/{'a' * 32}"):
+        response = client.get(path)
+        assert_error(response, 401, "unauthorized", "Bearer")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert_error(
+            client.get(path, headers={"Authorization": "Bearer wrong"}), 401, "unauthorized"
+        )
+    assert_error(post_job(client), 401, "unauthorized")
+    ok = client.get("/v1/health", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+
+
+def test_no_cors_headers(client) -> None:
+    response = client.get("/v1/health", headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+# --- unhandled errors -------------------------------------------------------------------------
+
+
+def test_unhandled_exception_is_a_json_500_without_traceback(make_app, caplog) -> None:
+    app = make_app()
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # as in production (TESTING would re-raise)
+
+    def boom():
+        raise RuntimeError("private detail")
+
+    app.add_url_rule("/v1/boom", "boom", boom)
+    response = app.test_client().get("/v1/boom")
+    message = assert_error(response, 500, "internal_error", "server log")
+    assert "private detail" not in message
+    assert "private detail" in caplog.text  # logged server-side

@@ -1,0 +1,271 @@
+"""nst_server.jobs on a fake engine: states, progress, cancellation, abandonment, failures."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import FakeEngine, wait_for
+from PIL import Image
+
+from nst_server.jobs import JobQueue, QueueFull
+from nst_server.params import StyleParams
+
+CONTENT = np.full((12, 16, 3), 0.25, np.float32)
+STYLE = np.full((8, 8, 3), 0.75, np.float32)
+
+
+def params(iterations: int = 3) -> StyleParams:
+    return StyleParams(iterations=iterations, max_size=64)
+
+
+@pytest.fixture
+def make_queue():
+    queues: list[JobQueue] = []
+
+    def make(engine: FakeEngine, **kwargs) -> JobQueue:
+        kwargs.setdefault("tick_s", 0.02)
+        queue = JobQueue(engine, **kwargs)
+        queues.append(queue)
+        queue.start()
+        return queue
+
+    yield make
+    for queue in queues:
+        queue.close()
+
+
+def finished(queue: JobQueue, job_id: str):
+    snap = queue.snapshot(job_id)
+    return snap if snap and snap["state"] in ("done", "failed", "cancelled") else None
+
+
+def test_worker_loads_the_network_at_start_not_at_the_first_job(make_queue) -> None:
+    engine = FakeEngine(load_s=0.05)
+    queue = make_queue(engine)
+    assert queue.status in ("loading", "ok")
+    wait_for(lambda: queue.status == "ok", what="network loaded")
+    assert engine.loaded and engine.loads == 1 and not engine.calls
+
+
+def test_job_runs_to_done_with_progress_and_a_png_result(make_queue) -> None:
+    engine = FakeEngine()
+    queue = make_queue(engine)
+    job = queue.submit(CONTENT, [STYLE, STYLE], params(4))
+    assert re.fullmatch(r"[0-9a-f]{32}", job.id)
+    snap = wait_for(lambda: finished(queue, job.id))
+    assert snap["state"] == "done" and snap["error"] is None
+    assert snap["progress"]["phase"] == "done"
+    assert snap["progress"]["step"] == 4 and snap["progress"]["total"] == 4
+    assert snap["progress"]["losses"]["total"] == pytest.approx(0.25)
+    assert snap["size"] == [16, 12] and snap["styles"] == 2
+    assert len(engine.calls[0]["styles"]) == 2
+    with Image.open(io.BytesIO(job.result)) as image:
+        assert image.size == (16, 12)
+        assert image.getpixel((0, 0)) == (191, 64, 64)  # the fake inverts red: 1 - 0.25
+    assert job.content is None and job.styles is None  # inputs freed once finished
+
+
+def test_ids_are_random_not_sequential(make_queue) -> None:
+    queue = make_queue(FakeEngine())
+    ids = {queue.submit(CONTENT, [STYLE], params(1)).id for _ in range(5)}
+    assert len(ids) == 5 and all(len(i) == 32 for i in ids)
+    numbers = sorted(int(i, 16) for i in ids)
+    assert max(b - a for a, b in zip(numbers, numbers[1:], strict=False)) > 2**64
+
+
+def test_16_bit_input_gives_a_16_bit_result(make_queue) -> None:
+    queue = make_queue(FakeEngine())
+    job = queue.submit(CONTENT, [STYLE], params(1), bit_depth=16)
+    wait_for(lambda: finished(queue, job.id))
+    assert job.result[24] == 16  # PNG IHDR bit depth
+
+
+def test_queued_jobs_report_their_position_and_a_full_queue_refuses(make_queue) -> None:
+    engine = FakeEngine(mode="slow", step_s=0.05)
+    queue = make_queue(engine, capacity=2)
+    running = queue.submit(CONTENT, [STYLE], params(100))
+    wait_for(lambda: queue.snapshot(running.id)["state"] == "running")
+    first = queue.submit(CONTENT, [STYLE], params(1))
+    second = queue.submit(CONTENT, [STYLE], params(1))
+    assert queue.snapshot(second.id)["progress"] == {"phase": "queued", "position": 1}
+    assert queue.snapshot(first.id)["progress"]["position"] == 0
+    assert queue.stats() == {"queued": 2, "running": 1, "capacity": 2}
+    with pytest.raises(QueueFull, match="2 job"):
+        queue.submit(CONTENT, [STYLE], params(1))
+
+
+def test_cancelling_a_running_job_stops_it_within_a_step_and_frees_the_worker(make_queue) -> None:
+    engine = FakeEngine(mode="slow", step_s=0.02)
+    queue = make_queue(engine)
+    job = queue.submit(CONTENT, [STYLE], params(5000))
+    wait_for(lambda: engine.steps_done >= 2, what="job running")
+    assert queue.cancel(job.id)["state"] == "running"  # asked; stops at the next step
+    snap = wait_for(lambda: finished(queue, job.id))
+    assert snap["state"] == "cancelled" and "cancelled by the client" in snap["error"]
+    assert engine.steps_done < 50
+    engine.mode = "ok"
+    nxt = queue.submit(CONTENT, [STYLE], params(2))
+    assert wait_for(lambda: finished(queue, nxt.id))["state"] == "done"
+
+
+def test_cancelling_a_queued_job_removes_it_without_running(make_queue) -> None:
+    engine = FakeEngine(mode="slow", step_s=0.02)
+    queue = make_queue(engine)
+    blocker = queue.submit(CONTENT, [STYLE], params(5000))
+    wait_for(lambda: queue.snapshot(blocker.id)["state"] == "running")
+    waiting = queue.submit(CONTENT, [STYLE], params(3))
+    snap = queue.cancel(waiting.id)
+    assert snap["state"] == "cancelled" and queue.stats()["queued"] == 0
+    queue.cancel(blocker.id)
+    wait_for(lambda: finished(queue, blocker.id))
+    time.sleep(0.05)
+    assert len(engine.calls) == 1  # only the blocker ever reached the engine
+
+
+def test_cancel_of_a_finished_job_leaves_it_done(make_queue) -> None:
+    queue = make_queue(FakeEngine())
+    job = queue.submit(CONTENT, [STYLE], params(1))
+    wait_for(lambda: finished(queue, job.id))
+    assert queue.cancel(job.id)["state"] == "done"
+    assert queue.cancel("0" * 32) is None
+
+
+def test_abandoned_running_and_queued_jobs_are_cancelled(make_queue) -> None:
+    engine = FakeEngine(mode="slow", step_s=0.02)
+    queue = make_queue(engine, abandon_after_s=0.3)
+    running = queue.submit(CONTENT, [STYLE], params(5000))
+    waiting = queue.submit(CONTENT, [STYLE], params(5))
+    # Nobody polls: both are cancelled; the running one within a step.
+    wait_for(lambda: queue.snapshot(waiting.id, touch=False)["state"] == "cancelled", 3)
+    wait_for(lambda: queue.snapshot(running.id, touch=False)["state"] == "cancelled", 3)
+    assert "abandoned" in queue.snapshot(running.id)["error"]
+    assert len(engine.calls) == 1
+
+
+def test_polling_keeps_a_job_alive(make_queue) -> None:
+    engine = FakeEngine(mode="slow", step_s=0.02)
+    queue = make_queue(engine, abandon_after_s=0.3)
+    job = queue.submit(CONTENT, [STYLE], params(40))  # ~0.8 s, longer than abandon_after_s
+    snap = wait_for(lambda: finished(queue, job.id), 5)  # finished() polls, with touch
+    assert snap["state"] == "done"
+
+
+@pytest.mark.parametrize(
+    ("mode", "message", "code"),
+    [
+        ("engine_error", "out of memory at 64x64 px: try a smaller max_size", "engine_error"),
+        ("value_error", "content: image must be H x W x 3", "bad_input"),
+    ],
+)
+def test_engine_errors_fail_the_job_with_their_message(make_queue, mode, message, code) -> None:
+    queue = make_queue(FakeEngine(mode=mode))
+    job = queue.submit(CONTENT, [STYLE], params(2))
+    snap = wait_for(lambda: finished(queue, job.id))
+    assert snap["state"] == "failed" and snap["error"] == message and snap["error_code"] == code
+
+
+def test_a_bug_fails_the_job_without_leaking_details_and_the_worker_survives(
+    make_queue, caplog
+) -> None:
+    engine = FakeEngine(mode="crash")
+    queue = make_queue(engine, log_path="/tmp/nst-test.log")
+    with caplog.at_level(logging.ERROR, logger="nst_server.jobs"):
+        job = queue.submit(CONTENT, [STYLE], params(2))
+        snap = wait_for(lambda: finished(queue, job.id))
+    assert snap["state"] == "failed"
+    assert snap["error"] == "internal error (see the server log at /tmp/nst-test.log)"
+    assert "secret" not in snap["error"]
+    assert "secret internal detail" in caplog.text  # the traceback went to the log
+    engine.mode = "ok"
+    nxt = queue.submit(CONTENT, [STYLE], params(1))
+    assert wait_for(lambda: finished(queue, nxt.id))["state"] == "done"
+
+
+def test_a_failing_load_is_reported_and_retried_for_the_next_job(make_queue) -> None:
+    engine = FakeEngine()
+    calls = {"n": 0}
+    real_load = engine.load
+
+    def flaky_load() -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("weights file unreadable")
+        real_load()
+
+    engine.load = flaky_load
+    queue = make_queue(engine)
+    wait_for(lambda: queue.status == "error")
+    assert "weights file unreadable" in queue.status_error
+    job = queue.submit(CONTENT, [STYLE], params(1))
+    assert wait_for(lambda: finished(queue, job.id))["state"] == "done"
+    assert queue.status == "ok"
+
+
+def test_preview_is_a_small_png_of_the_latest_iterate(make_queue) -> None:
+    engine = FakeEngine()
+    queue = make_queue(engine)
+    big = np.zeros((300, 600, 3), np.float32)
+    job = queue.submit(big, [STYLE], params(2))
+    wait_for(lambda: finished(queue, job.id))
+    png = queue.preview_png(job.id)
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.size == (256, 128)
+        assert image.getpixel((0, 0)) == (255, 255, 255)  # step 2 of 2 -> 1.0
+    assert queue.preview_png(job.id) is png  # cached until the next step
+
+
+def test_no_preview_before_the_first_step(make_queue) -> None:
+    engine = FakeEngine(mode="slow", step_s=0.02)
+    queue = make_queue(engine)
+    blocker = queue.submit(CONTENT, [STYLE], params(5000))
+    waiting = queue.submit(CONTENT, [STYLE], params(1))
+    assert queue.preview_png(waiting.id) is None
+    queue.cancel(blocker.id)
+
+
+def test_finished_jobs_are_forgotten_after_the_ttl(make_queue) -> None:
+    queue = make_queue(FakeEngine(), ttl_s=0.2)
+    job = queue.submit(CONTENT, [STYLE], params(1))
+    wait_for(lambda: finished(queue, job.id))
+    wait_for(lambda: queue.get(job.id) is None, 3, "job forgotten")
+
+
+def test_idle_unload_and_reload_before_the_next_job(make_queue) -> None:
+    engine = FakeEngine()
+    queue = make_queue(engine, idle_unload_s=0.2)
+    wait_for(lambda: engine.unloads == 1, 3, "idle unload")
+    assert not engine.loaded
+    job = queue.submit(CONTENT, [STYLE], params(1))
+    assert wait_for(lambda: finished(queue, job.id))["state"] == "done"
+    assert engine.loads == 2
+
+
+def test_no_unload_when_idle_unload_is_zero(make_queue) -> None:
+    engine = FakeEngine()
+    make_queue(engine, idle_unload_s=0)
+    time.sleep(0.2)
+    assert engine.unloads == 0 and engine.loaded
+
+
+def test_submit_is_thread_safe(make_queue) -> None:
+    queue = make_queue(FakeEngine(), capacity=1000)
+    ids: list[str] = []
+
+    def submit_many() -> None:
+        for _ in range(20):
+            ids.append(queue.submit(CONTENT, [STYLE], params(1)).id)
+
+    threads = [threading.Thread(target=submit_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == 80
+    for job_id in ids:
+        assert wait_for(lambda job_id=job_id: finished(queue, job_id))["state"] == "done"
