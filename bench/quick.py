@@ -1,7 +1,7 @@
 """Per-step time of the engine, and one job through the real server next to the engine alone.
 
     .venv/bin/python bench/quick.py [--sizes 128 256] [--steps 20] [--job-size 256]
-                                    [--job-steps 30]
+                                    [--job-steps N]
 
 Run it on an otherwise idle machine: every figure is wall time on this CPU. Images are made in
 code (a smooth synthetic photo and a striped 'painting'), so it needs nothing from ../shared.
@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--job-size", type=int, default=256)
-    ap.add_argument("--job-steps", type=int, default=30)
+    ap.add_argument("--job-steps", type=int, default=None, help="default: the device's")
     args = ap.parse_args()
 
     engine = StyleEngine()
@@ -114,6 +114,7 @@ def main() -> None:
 
     size, steps = args.job_size, args.job_steps
     content, style = synthetic_photo(size * 3 // 4, size), synthetic_painting(size, size)
+    steps = steps or StyleParams.for_device(engine.device).iterations
     params = {"iterations": steps, "max_size": size}
     p = StyleParams.from_mapping(params, engine.device)
     engine.stylize(content, [style], p)  # warm: the server's engine is warm too

@@ -132,3 +132,24 @@ def test_quality_on_the_real_paintings(engine, shared_images):
     assert after["style"] <= 0.5 * before["style"], (before, after)
     # The photo's structure stays: far closer to the photo's features than the painting is.
     assert after["content"] <= 0.6 * painting_itself["content"], (after, painting_itself)
+
+
+def test_a_new_image_size_reuses_the_compiled_step(engine):
+    p = params(iterations=2)
+    engine.stylize(synthetic_photo(48, 64), [synthetic_painting()], p)
+    step = engine._loss_fn(*engine._plan(p))  # noqa: SLF001 - the compiled function itself
+    traced = step.experimental_get_tracing_count()
+    engine.stylize(synthetic_photo(60, 80), [synthetic_painting()], p)
+    engine.stylize(synthetic_photo(64, 40), [synthetic_painting()], p)
+    assert step.experimental_get_tracing_count() == traced
+
+
+def test_unload_frees_the_network_and_the_next_job_reloads_it(engine):
+    engine.unload()
+    assert not engine.loaded and engine.cached_styles == 0
+    events: list[Progress] = []
+    result = engine.stylize(
+        synthetic_photo(), [synthetic_painting()], params(iterations=2), events.append
+    )
+    assert engine.loaded and events[0].phase == "loading"
+    assert result.shape == synthetic_photo().shape
