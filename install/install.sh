@@ -5,6 +5,8 @@
 #                                    VGG19 weights, install the GIMP plug-in, start the server
 #   ./install/install.sh --restart   same, and restart a server that is already running
 #   ./install/install.sh --no-start  everything but starting the server
+#   ./install/install.sh --systemd   same, and run the server as a systemd --user service that
+#                                    starts at log-in (instead of a background process)
 #   ./install/install.sh --uninstall remove the plug-in, stop the server, delete the environment
 #
 # Re-runnable: every step checks what is already there. Environment overrides: NST_VENV (default
@@ -18,13 +20,14 @@ URL="http://127.0.0.1:$PORT"
 STATE_DIR="${XDG_STATE_HOME:-$HOME/.local/state}/neural-style"
 LOG="$STATE_DIR/server.log"
 PIDFILE="$STATE_DIR/server.pid"
-START=1 RESTART=0 UNINSTALL=0
+START=1 RESTART=0 UNINSTALL=0 SYSTEMD=0
 for arg in "$@"; do
   case "$arg" in
     --no-start) START=0 ;;
     --restart) RESTART=1 ;;
     --uninstall) UNINSTALL=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --systemd) SYSTEMD=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,8 +52,14 @@ stop_server() {
   rm -f "$PIDFILE"
 }
 
+UNIT="${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user/neural-style.service"
+
 if [[ $UNINSTALL == 1 ]]; then
   stop_server
+  if [[ -f "$UNIT" ]]; then
+    systemctl --user disable --now neural-style.service 2>/dev/null || true
+    rm -f "$UNIT"
+  fi
   [[ -x "$REPO/install/install_plugin.sh" ]] && "$REPO/install/install_plugin.sh" --uninstall
   rm -rf "$VENV"
   say "removed the plug-in, the server and $VENV (weights stay in ~/.local/share/neural-style)"
@@ -102,6 +111,18 @@ if [[ $START == 0 ]]; then
   exit 0
 fi
 mkdir -p "$STATE_DIR"
+if [[ $SYSTEMD == 1 ]]; then
+  command -v systemctl >/dev/null || die "--systemd: this system has no systemctl; run without --systemd"
+  stop_server
+  mkdir -p "$(dirname "$UNIT")"
+  sed -e "s|@NST_SERVER@|$VENV/bin/nst-server|g" -e "s|@PORT@|$PORT|g" -e "s|@REPO@|$REPO|g" \
+    "$REPO/install/neural-style.service" > "$UNIT"
+  systemctl --user daemon-reload
+  systemctl --user enable --now neural-style.service \
+    || die "systemctl --user could not start the service; see: journalctl --user -u neural-style"
+  say "installed $UNIT: the server starts at log-in (systemctl --user status neural-style)"
+  exit 0
+fi
 [[ $RESTART == 1 ]] && stop_server
 if server_up; then
   say "the server is already running at $URL (log: $LOG; restart with --restart)"

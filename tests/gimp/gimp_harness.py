@@ -1,0 +1,130 @@
+"""Helpers of the GIMP end-to-end harness (fixtures are in conftest.py).
+
+A uniquely named module rather than conftest.py, because tests/ has a conftest.py too and
+``import conftest`` could pick the wrong one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "gimp_plugin" / "neural_style"))
+
+import nst_client  # noqa: E402
+
+SHARED_IMAGES = Path(os.environ.get("NST_SHARED_IMAGES", REPO.parent / "shared" / "images"))
+GIMP_ROOT = Path(os.environ.get("NST_GIMP_ROOT", "/var/cache/nst-gimp3-root"))
+#: Where the lead (and a person) can look at what GIMP made; outside the repository.
+EXPORT_DIR = Path(os.environ.get("NST_GIMP_EXPORT_DIR", "/tmp/nst-gimp-e2e"))
+#: The server's abandonment time in this test: short, so the "killed plug-in" case is quick.
+ABANDON_AFTER_S = 4.0
+
+
+def unavailable(reason: str) -> None:
+    """Skip loudly where the harness cannot run; in CI (CI=true) that is a failure instead."""
+    message = f"GIMP end-to-end test NOT RUN: {reason}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    warnings.warn(message, stacklevel=2)
+    print(f"\n*** {message} ***", file=sys.stderr)
+    pytest.skip(message)
+
+
+@dataclass
+class GimpSession:
+    root: Path
+    inside: str  # the session folder as the chroot sees it, e.g. /tmp/nst-e2e-1234
+    outside: Path  # the same folder on the host
+
+    def run(
+        self, scenarios: str, env: dict[str, str], timeout: float = 240
+    ) -> tuple[int, dict[str, dict]]:
+        """Run tests/gimp/e2e_batch.py in gimp-console; return (exit code, markers by name)."""
+        proc = self.start(scenarios, env)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"GIMP did not finish within {timeout} s:\n{out}\n{err[-3000:]}")
+        return proc.returncode, self.markers(out, err)
+
+    def start(self, scenarios: str, env: dict[str, str]) -> subprocess.Popen:
+        variables = {
+            "HOME": "/root",
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "GIMP3_DIRECTORY": f"{self.inside}/profile",
+            "NST_E2E_DIR": self.inside,
+            "NST_E2E_SCENARIOS": scenarios,
+            **env,
+        }
+        command = [
+            "chroot",
+            str(self.root),
+            "/usr/bin/env",
+            "-i",
+            *(f"{k}={v}" for k, v in variables.items()),
+            "gimp-console-3.0",
+            "-i",
+            "--batch-interpreter=python-fu-eval",
+            "-b",
+            "-",
+            "--quit",
+        ]
+        script = (HERE / "e2e_batch.py").open("rb")
+        try:
+            return subprocess.Popen(
+                command, stdin=script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        finally:
+            script.close()
+
+    @staticmethod
+    def markers(out: str, err: str = "") -> dict[str, dict]:
+        found = {}
+        for line in out.splitlines():
+            if line.startswith("NST-E2E "):
+                _, name, doc = line.split(" ", 2)
+                found[name] = json.loads(doc)
+        if "end" not in found:
+            print(f"GIMP stdout:\n{out}\nGIMP stderr (tail):\n{err[-3000:]}")
+        return found
+
+    def plugin_pids(self) -> list[int]:
+        """Pids of this session's plug-in processes (the chroot's processes are the host's)."""
+        needle = f"{self.inside}/profile/plug-ins/neural_style/neural_style.py"
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                if needle in cmdline:
+                    pids.append(int(entry.name))
+        return pids
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RealServer:
+    url: str
+    log: Path
+    client: nst_client.NstClient

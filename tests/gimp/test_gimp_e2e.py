@@ -1,0 +1,140 @@
+"""End to end in a real GIMP 3.0 (Debian 13 chroot) against the real server on the host.
+
+A GIMP batch script (e2e_batch.py) builds a two-layer image from ../shared/images (photo at an
+offset inside a larger canvas, painting above it), calls python-fu-neural-style
+non-interactively with tiny settings, and prints what it finds as "NST-E2E" markers.
+
+Run:  pytest -m gimp tests/gimp        (root; builds /var/cache/nst-gimp3-root on first use,
+                                        NST_GIMP_ROOT overrides; skipped loudly when it cannot
+                                        run, failed instead when CI=true)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+
+import pytest
+from gimp_harness import (
+    ABANDON_AFTER_S,
+    EXPORT_DIR,
+    GimpSession,
+    RealServer,
+    free_port,
+    nst_client,
+)
+
+pytestmark = pytest.mark.gimp
+
+
+def test_stylise_in_gimp(gimp: GimpSession, real_server: RealServer) -> None:
+    """Success; a masked result for a selection; 16-bit precision kept; a style file instead of
+    a layer; a clean error and no new layer when no server answers."""
+    rc, found = gimp.run(
+        "basic,selection,unreachable,deep,float,style-file,grey",
+        {"NST_E2E_URL": real_server.url, "NST_E2E_DEAD_URL": f"http://127.0.0.1:{free_port()}"},
+    )
+    assert rc == 0, found
+    assert "end" in found, "the batch script did not run to its end"
+
+    basic = found["basic"]
+    assert basic["status"] == "success", basic["message"]
+    assert basic["layers_after"] == basic["layers_before"] + 1
+    assert basic["new_layers"] == 1
+    assert basic["name"] == "Neural Style (Starry Night)"
+    assert basic["size"] == basic["photo_size"]
+    assert basic["offsets"] == basic["photo_offsets"] == [7, 5]
+    # Directly above the photo: the photo's old position now holds the new layer.
+    assert basic["position"] == basic["photo_position"] - 1
+    assert not basic["has_mask"]
+    # The pixels changed, and towards the painting: the mean colour got closer to its.
+    assert basic["diff_to_photo"] > 5.0
+    assert basic["result_to_painting_colour"] < 0.9 * basic["photo_to_painting_colour"], basic
+    assert basic["exported"]
+    EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copy(gimp.outside / "side_by_side.png", EXPORT_DIR / "side_by_side.png")
+
+    selection = found["selection"]
+    assert selection["status"] == "success", selection["message"]
+    assert selection["new_layers"] == 1 and selection["has_mask"]
+    assert selection["mask_inside"] == 255 and selection["mask_outside"] == 0
+
+    # 16-bit image: sent as a 16-bit PNG; the server answers in 16 bits, so the layer keeps
+    # that precision and carries no "[8-bit result]" note (the plug-in adds one otherwise).
+    deep = found["deep"]
+    assert deep["status"] == "success", deep["message"]
+    assert deep["precision"] == "u16-non-linear"
+    assert deep["name"] == "Neural Style (Starry Night)"
+    assert deep["fine_samples"] > 0.5, deep
+
+    # 32-bit float: only 16 bits come back, and the layer name says so (never silent loss).
+    float_run = found["float"]
+    assert float_run["status"] == "success", float_run["message"]
+    assert float_run["name"] == "Neural Style (Starry Night) [16-bit result]"
+
+    style_file = found["style-file"]
+    assert style_file["status"] == "success", style_file["message"]
+    assert style_file["name"] == "Neural Style (style.jpg)"
+    assert style_file["diff_to_photo"] > 5.0
+
+    grey = found["grey"]
+    assert grey["status"] == "calling-error"
+    assert "RGB" in (grey["message"] or "")
+    assert grey["layers_after"] == grey["layers_before"]
+
+    unreachable = found["unreachable"]
+    assert unreachable["status"] == "execution-error"
+    assert unreachable["layers_after"] == unreachable["layers_before"]
+    message = unreachable["message"] or ""
+    assert "Cannot reach the neural style server" in message
+    assert "nst-server serve" in message  # says how to start it
+    assert "Traceback" not in message
+
+
+def _queue_busy(server: RealServer) -> int:
+    queue = server.client.health()["queue"]
+    if isinstance(queue, dict):
+        return int(queue.get("running", 0)) + int(queue.get("queued", 0))
+    return int(queue)
+
+
+def test_killed_plugin_frees_the_server(gimp: GimpSession, real_server: RealServer) -> None:
+    """GIMP kills a plug-in whose user presses Cancel: the server must drop the job itself."""
+    proc = gimp.start("long", {"NST_E2E_URL": real_server.url})
+    try:
+        deadline = time.monotonic() + 120
+        while _queue_busy(real_server) == 0:
+            assert proc.poll() is None, "GIMP ended before the job started"
+            assert time.monotonic() < deadline, "the long job never reached the server"
+            time.sleep(0.3)
+        pids = gimp.plugin_pids()
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)  # what GIMP's Cancel does to a plug-in
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    found = GimpSession.markers(out, err)
+    assert proc.returncode == 0 and "end" in found
+    assert found["long"]["status"] != "success"
+    assert found["long"]["layers_after"] == found["long"]["layers_before"]
+
+    killed_at = time.monotonic()
+    while _queue_busy(real_server):
+        assert time.monotonic() - killed_at < ABANDON_AFTER_S + 20, "the job was never dropped"
+        time.sleep(0.3)
+    assert "abandoned" in real_server.log.read_text()
+
+    # The server is free: a small job goes straight through.
+    started = time.monotonic()
+    png = nst_client.run_job(
+        real_server.client,
+        nst_client.encode_png(nst_client.RawImage(64, 48, 3, 8, bytes(range(256)) * 36)),
+        [nst_client.encode_png(nst_client.RawImage(64, 64, 3, 8, bytes(range(192)) * 64))],
+        {"iterations": 3, "max_size": 64},
+    )
+    assert nst_client.decode_png(png).width == 64
+    assert time.monotonic() - started < 60

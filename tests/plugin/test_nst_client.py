@@ -1,0 +1,508 @@
+"""Unit tests of the plug-in's GIMP-free layer (gimp_plugin/neural_style/nst_client.py).
+
+Run on the host with plain Python: nst_client must import without ``gi``. The HTTP tests talk to
+a small stdlib stand-in of the server (fake_server.py), one layer only; the real server is in
+test_real_server.py and the GIMP end-to-end test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1] / "gimp_plugin" / "neural_style"))
+sys.path.insert(0, str(HERE))
+
+import fake_server  # noqa: E402
+import nst_client  # noqa: E402
+from nst_client import RawImage  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[str, fake_server.FakeState]]:
+    state = fake_server.FakeState(steps=3)
+    server = fake_server.serve(0, state)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", state
+    server.shutdown()
+    server.server_close()
+
+
+def gradient(width: int, height: int, channels: int, bit_depth: int) -> RawImage:
+    """Every sample distinct-ish, so a byte-order or filter bug cannot hide."""
+    top = 255 if bit_depth == 8 else 65535
+    samples = [
+        (x * 7 + y * 131 + c * 977) * 37 % (top + 1)
+        for y in range(height)
+        for x in range(width)
+        for c in range(channels)
+    ]
+    code = "B" if bit_depth == 8 else "H"
+    return RawImage(
+        width, height, channels, bit_depth, struct.pack(f"={len(samples)}{code}", *samples)
+    )
+
+
+# ------------------------------------------------------------------ PNG
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_png_round_trip(channels: int, bit_depth: int) -> None:
+    image = gradient(13, 7, channels, bit_depth)
+    back = nst_client.decode_png(nst_client.encode_png(image))
+    assert (back.width, back.height, back.channels, back.bit_depth) == (13, 7, channels, bit_depth)
+    assert back.pixels == image.pixels
+
+
+def test_png_16bit_is_big_endian_on_the_wire() -> None:
+    # One RGB pixel (0x0102, 0x0304, 0x0506) in machine order must be stored as 01 02 03 04 05 06.
+    image = RawImage(1, 1, 3, 16, struct.pack("=3H", 0x0102, 0x0304, 0x0506))
+    png = nst_client.encode_png(image)
+    idat_start = png.index(b"IDAT") + 4
+    (length,) = struct.unpack(">I", png[idat_start - 8 : idat_start - 4])
+    raw = zlib.decompress(png[idat_start : idat_start + length])
+    assert raw == b"\x00\x01\x02\x03\x04\x05\x06"
+
+
+def test_png_readable_by_pillow_when_available() -> None:
+    Image = pytest.importorskip("PIL.Image")  # noqa: N806 (module-like name)
+    import io
+
+    image = gradient(9, 5, 4, 8)
+    with Image.open(io.BytesIO(nst_client.encode_png(image))) as img:
+        assert img.mode == "RGBA" and img.size == (9, 5)
+        assert img.tobytes() == image.pixels
+
+
+def _filter_row(kind: int, line: bytes, prev: bytes, bpp: int) -> bytes:
+    """The PNG specification's filters, written plainly as the reference for the decoder."""
+    out = bytearray()
+    for i, x in enumerate(line):
+        a = line[i - bpp] if i >= bpp else 0
+        b = prev[i]
+        c = prev[i - bpp] if i >= bpp else 0
+        if kind == 0:
+            pred = 0
+        elif kind == 1:
+            pred = a
+        elif kind == 2:
+            pred = b
+        elif kind == 3:
+            pred = (a + b) // 2
+        else:
+            p = a + b - c
+            pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+            pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+        out.append((x - pred) & 0xFF)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_decoder_every_filter_type(kind: int, bit_depth: int) -> None:
+    image = gradient(11, 6, 4, bit_depth)
+    big_endian = nst_client._swap16(image.pixels) if bit_depth == 16 else image.pixels
+    stride, bpp = image.row_bytes(), 4 * bit_depth // 8
+    raw, prev = bytearray(), bytes(stride)
+    for y in range(image.height):
+        line = big_endian[y * stride : (y + 1) * stride]
+        raw += bytes([kind]) + _filter_row(kind, line, prev, bpp)
+        prev = line
+    plain = nst_client.encode_png(image)
+    start = plain.index(b"IDAT") + 4
+    (length,) = struct.unpack(">I", plain[start - 8 : start - 4])
+    idat = zlib.compress(bytes(raw))
+    png = (
+        plain[: start - 8]
+        + struct.pack(">I", len(idat))
+        + b"IDAT"
+        + idat
+        + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+        + plain[start + length + 4 :]
+    )
+    assert nst_client.decode_png(png).pixels == image.pixels
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_decoder_handles_pillow_filters(mode: str) -> None:
+    """Pillow (the server's encoder) picks Sub/Up/Average/Paeth per row: decode all of them."""
+    Image = pytest.importorskip("PIL.Image")  # noqa: N806
+    import io
+    import random
+
+    rng = random.Random(4)
+    width, height = 31, 23
+    channels = len(mode)
+    # Smooth content plus noise: adaptive filtering then uses a mix of filter types.
+    data = bytes(
+        (x * 3 + y * 5 + c * 40 + rng.randrange(12)) & 0xFF
+        for y in range(height)
+        for x in range(width)
+        for c in range(channels)
+    )
+    buf = io.BytesIO()
+    Image.frombytes(mode, (width, height), data).save(buf, "PNG", optimize=True)
+    png = buf.getvalue()
+    decoded = nst_client.decode_png(png)
+    assert decoded.pixels == data
+    # Make sure the test really covers more than filter 0.
+    idat = png.index(b"IDAT")
+    (length,) = struct.unpack(">I", png[idat - 4 : idat])
+    raw = zlib.decompress(png[idat + 4 : idat + 4 + length])
+    stride = width * channels + 1
+    assert len({raw[i * stride] for i in range(height)}) > 1
+
+
+def test_decoder_reads_16bit_from_pillow() -> None:
+    Image = pytest.importorskip("PIL.Image")  # noqa: N806
+    import io
+
+    img = Image.new("I;16", (4, 3))
+    values = [0, 1, 255, 256, 1000, 40000, 65535, 2, 3, 4, 5, 6]
+    img.putdata(values)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    decoded = nst_client.decode_png(buf.getvalue())
+    assert decoded.bit_depth == 16 and decoded.channels == 1
+    assert list(struct.unpack("=12H", decoded.pixels)) == values
+
+
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        (b"GIF89a", "not a PNG"),
+        (nst_client.PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR\x00", "truncated"),
+    ],
+)
+def test_decoder_rejects_garbage(bad: bytes, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        nst_client.decode_png(bad)
+
+
+def test_decoder_rejects_truncated_image_data() -> None:
+    png = nst_client.encode_png(gradient(8, 8, 3, 8))
+    start = png.index(b"IDAT") + 4
+    (length,) = struct.unpack(">I", png[start - 8 : start - 4])
+    short = zlib.compress(zlib.decompress(png[start : start + length])[:-10])
+    broken = (
+        png[: start - 8]
+        + struct.pack(">I", len(short))
+        + b"IDAT"
+        + short
+        + b"\0\0\0\0"
+        + png[start + length + 4 :]
+    )
+    with pytest.raises(ValueError, match="truncated"):
+        nst_client.decode_png(broken)
+
+
+# ------------------------------------------------------------------ parameters
+
+
+def test_strength_mapping() -> None:
+    assert nst_client.style_weight_for_strength(50, 20.0) == pytest.approx(20.0)
+    assert nst_client.style_weight_for_strength(75, 20.0) == pytest.approx(200.0)
+    assert nst_client.style_weight_for_strength(0, 20.0) == pytest.approx(0.2)
+    assert nst_client.style_weight_for_strength(100, 20.0) == pytest.approx(2000.0)
+    with pytest.raises(nst_client.NstError, match="between 0 and 100"):
+        nst_client.style_weight_for_strength(101, 20.0)
+
+
+def test_quality_presets_scale_the_server_defaults() -> None:
+    schema = fake_server.PARAMS_SCHEMA  # CPU defaults: 150 steps at 256 px
+    draft = nst_client.build_job_params(schema, quality="draft")
+    standard = nst_client.build_job_params(schema, quality="standard")
+    final = nst_client.build_job_params(schema, quality="final")
+    assert (draft["max_size"], draft["iterations"]) == (128, 50)
+    assert (standard["max_size"], standard["iterations"]) == (256, 150)
+    assert (final["max_size"], final["iterations"]) == (512, 300)
+    assert "style_weight" not in standard  # strength 50 = the server's own default
+
+
+def test_explicit_values_override_presets_and_strength_sets_style_weight() -> None:
+    params = nst_client.build_job_params(
+        fake_server.PARAMS_SCHEMA,
+        quality="draft",
+        iterations=10,
+        max_size=96,
+        optimizer="adam",
+        seed=7,
+        strength=75,
+    )
+    assert params == {
+        "iterations": 10,
+        "max_size": 96,
+        "optimizer": "adam",
+        "seed": 7,
+        "style_weight": pytest.approx(200.0),
+    }
+
+
+def test_unknown_quality_is_an_error() -> None:
+    with pytest.raises(nst_client.NstError, match="quality"):
+        nst_client.build_job_params(fake_server.PARAMS_SCHEMA, quality="ultra")
+
+
+# ------------------------------------------------------------------ HTTP pieces
+
+
+def test_multipart_body_parses_back() -> None:
+    png = nst_client.encode_png(gradient(4, 4, 3, 8))
+    body, ctype = nst_client.build_multipart(
+        [
+            ("content", "content.png", "image/png", png),
+            ("style", "s0.png", "image/png", b"one"),
+            ("style", "s1.png", "image/png", b"two"),
+            ("params", None, "application/json", b'{"iterations": 3}'),
+        ]
+    )
+    assert ctype.startswith("multipart/form-data; boundary=")
+    parts = fake_server.parse_multipart(ctype, body)
+    assert [(name, filename) for name, filename, _ in parts] == [
+        ("content", "content.png"),
+        ("style", "s0.png"),
+        ("style", "s1.png"),
+        ("params", None),
+    ]
+    assert parts[0][2] == png and parts[2][2] == b"two"
+    assert json.loads(parts[3][2]) == {"iterations": 3}
+
+
+def test_error_message_from_json_error() -> None:
+    err = nst_client.error_message(
+        413,
+        b'{"error": {"code": "too_large", "message": "image over 40000000 pixels"}}',
+        "http://x/v1/jobs",
+    )
+    assert isinstance(err, nst_client.ServerError)
+    assert err.status == 413 and err.code == "too_large"
+    assert "413 too_large" in str(err) and "image over 40000000 pixels" in str(err)
+
+
+def test_error_message_from_non_json_body() -> None:
+    err = nst_client.error_message(502, b"<html>Bad gateway</html>")
+    assert "502" in str(err) and "Bad gateway" in str(err)
+
+
+@pytest.mark.parametrize(
+    "status,expected",
+    [
+        (
+            {"state": "queued", "progress": {"phase": "queued"}},
+            (None, "Neural style: waiting for the server"),
+        ),
+        (
+            {
+                "state": "running",
+                "progress": {"phase": "optimising", "step": 30, "total": 120, "eta_s": 95.2},
+            },
+            (0.25, "Neural style: step 30/120, about 1 min 36 s left"),
+        ),
+        ({"state": "running", "progress": {"phase": "loading"}}, (None, "Neural style: loading")),
+    ],
+)
+def test_progress_text(status: dict, expected: tuple) -> None:
+    assert nst_client.progress_text(status) == expected
+
+
+def test_loopback_detection() -> None:
+    assert nst_client.is_loopback_url("http://127.0.0.1:8765")
+    assert nst_client.is_loopback_url("http://localhost:1")
+    assert nst_client.is_loopback_url("http://[::1]:8765/")
+    assert not nst_client.is_loopback_url("http://192.0.2.7:8765")
+    assert not nst_client.is_loopback_url("https://example.org")
+
+
+# ------------------------------------------------------------------ a job against the stand-in
+
+
+def test_run_job_polls_reports_progress_and_returns_result(fake) -> None:
+    url, state = fake
+    client = nst_client.NstClient(url)
+    content = gradient(10, 6, 3, 8)
+    events: list[tuple[float | None, str]] = []
+    png = nst_client.run_job(
+        client,
+        nst_client.encode_png(content),
+        [nst_client.encode_png(gradient(5, 5, 3, 8))],
+        {"iterations": 3},
+        progress=lambda f, t: events.append((f, t)),
+        poll_interval=0.01,
+    )
+    result = nst_client.decode_png(png)
+    assert result.pixels == bytes(255 - b for b in content.pixels)  # the stand-in inverts
+    assert state.uploads[0]["params"] == {"iterations": 3}
+    texts = [t for _, t in events]
+    assert "Neural style: step 1/3, about 2 s left" in texts
+    assert texts[-1] == "Neural style: fetching the result"
+    fractions = [f for f, _ in events if f is not None]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_run_job_failed_job_raises_the_servers_message(fake) -> None:
+    url, state = fake
+    state.fail_with = "out of memory at 4096 px; try a smaller max size"
+    with pytest.raises(nst_client.ServerError, match="out of memory at 4096 px"):
+        nst_client.run_job(
+            nst_client.NstClient(url),
+            nst_client.encode_png(gradient(4, 4, 3, 8)),
+            [nst_client.encode_png(gradient(4, 4, 3, 8))],
+            None,
+            poll_interval=0.01,
+        )
+
+
+def test_run_job_cancels_the_job_on_its_own_timeout(fake) -> None:
+    url, state = fake
+    state.steps = 10_000
+    with pytest.raises(nst_client.NstError, match="took longer"):
+        nst_client.run_job(
+            nst_client.NstClient(url),
+            nst_client.encode_png(gradient(4, 4, 3, 8)),
+            [nst_client.encode_png(gradient(4, 4, 3, 8))],
+            None,
+            poll_interval=0.01,
+            timeout=0.05,
+        )
+    assert len(state.deleted) == 1  # it told the server, so the server is free at once
+
+
+def test_http_error_becomes_readable_server_error(fake) -> None:
+    url, _ = fake
+    client = nst_client.NstClient(url)
+    with pytest.raises(nst_client.ServerError, match="404 not_found.*no job nope"):
+        client.status("nope")
+
+
+def test_bearer_token_is_sent(fake) -> None:
+    url, state = fake
+    state.token = "s3cret"
+    with pytest.raises(nst_client.ServerError, match="401"):
+        nst_client.NstClient(url).health()
+    assert nst_client.NstClient(url, token="s3cret").health()["status"] == "ok"
+
+
+def test_unreachable_server_message() -> None:
+    client = nst_client.NstClient(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(nst_client.ServerUnreachable, match="Cannot reach the neural style server"):
+        client.health()
+
+
+# ------------------------------------------------------------------ settings and start-up
+
+
+def test_load_config(tmp_path: Path) -> None:
+    path = tmp_path / "plugin.json"
+    assert nst_client.load_config(path) == {}
+    path.write_text('{"server_url": "http://127.0.0.1:9", "start_command": "x"}')
+    assert nst_client.load_config(path)["start_command"] == "x"
+    path.write_text("{broken")
+    with pytest.raises(nst_client.NstError, match="re-run install/install_plugin.sh"):
+        nst_client.load_config(path)
+
+
+def test_config_path_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NST_PLUGIN_CONFIG", str(tmp_path / "x.json"))
+    assert nst_client.config_path() == tmp_path / "x.json"
+    monkeypatch.delenv("NST_PLUGIN_CONFIG")
+    assert nst_client.config_path() == Path(nst_client.__file__).resolve().parent / "plugin.json"
+
+
+def test_ensure_server_starts_the_recorded_command() -> None:
+    port = free_port()
+    client = nst_client.NstClient(f"http://127.0.0.1:{port}")
+    command = [sys.executable, str(HERE / "fake_server.py"), str(port)]
+    texts: list[str] = []
+    health, process = nst_client.ensure_server(client, command, timeout=30, report=texts.append)
+    try:
+        assert health["status"] == "ok" and process is not None and process.poll() is None
+        assert texts == ["Neural style: starting the server (first start takes a while)"]
+        # Already running: nothing is started the second time.
+        assert nst_client.ensure_server(client, command)[1] is None
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def test_ensure_server_reports_a_command_that_dies() -> None:
+    client = nst_client.NstClient(f"http://127.0.0.1:{free_port()}")
+    command = f"{sys.executable} -c 'raise SystemExit(3)'"
+    with pytest.raises(nst_client.ServerUnreachable) as info:
+        nst_client.ensure_server(client, command, timeout=30)
+    message = str(info.value)
+    assert "exited with code 3" in message and "nst-server serve --port" in message
+
+
+def test_ensure_server_gives_up_after_timeout_and_kills_the_process() -> None:
+    client = nst_client.NstClient(f"http://127.0.0.1:{free_port()}")
+    before = set(_children())
+    with pytest.raises(nst_client.ServerUnreachable, match="did not answer within 1 s"):
+        nst_client.ensure_server(
+            client, [sys.executable, "-c", "import time; time.sleep(60)"], timeout=1
+        )
+    leftover = [pid for pid in set(_children()) - before if _alive(pid)]
+    assert leftover == []
+
+
+def test_ensure_server_without_command_says_how_to_start() -> None:
+    port = free_port()
+    with pytest.raises(nst_client.ServerUnreachable, match=f"nst-server serve --port {port}"):
+        nst_client.ensure_server(nst_client.NstClient(f"http://127.0.0.1:{port}"), None)
+
+
+def test_ensure_server_never_starts_for_a_remote_url(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    client = nst_client.NstClient("http://192.0.2.1:9", timeout=0.5)  # TEST-NET: never routed
+    client.health = _refuse  # type: ignore[method-assign]  # no traffic off this machine
+    with pytest.raises(nst_client.ServerUnreachable, match="not on this machine"):
+        nst_client.ensure_server(client, f"touch {marker}")
+    assert not marker.exists()
+
+
+def _refuse(timeout: float | None = None) -> dict:
+    raise nst_client.ServerUnreachable("Cannot reach the neural style server at remote")
+
+
+def _children() -> list[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(os.getpid())],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.split(")")[-1].split()[0] != "Z"
+
+
+def test_module_imports_without_gi() -> None:
+    code = (
+        "import sys; sys.modules['gi'] = None; "
+        f"sys.path.insert(0, {str(Path(nst_client.__file__).parent)!r}); import nst_client"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,132 @@
+"""nst_client against the REAL server (real VGG19 weights, tiny sizes), on the host.
+
+Covers the plug-in's start-up path for real: nothing listens on the port, so ensure_server runs
+the start command (as the installer records it), waits for /v1/health, and the job then goes
+through submit -> poll -> result exactly as in GIMP.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import struct
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "gimp_plugin" / "neural_style"))
+
+import nst_client  # noqa: E402
+from nst_client import RawImage  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def started_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nst_client.NstClient]:
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    client = nst_client.NstClient(f"http://127.0.0.1:{port}")
+    command = [
+        sys.executable,
+        "-m",
+        "nst_server",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-file",
+        str(log),
+    ]
+    health, process = nst_client.ensure_server(client, command, timeout=180)
+    assert process is not None, "something already listened on a fresh port"
+    assert health["backbone"] and health["weights"]
+    try:
+        yield client
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except Exception:
+            process.kill()
+            process.wait(10)
+
+
+def _photo(width: int, height: int, bit_depth: int = 8) -> RawImage:
+    top = 255 if bit_depth == 8 else 65535
+    samples = []
+    for y in range(height):
+        for x in range(width):
+            disc = (x - width * 0.6) ** 2 + (y - height * 0.4) ** 2 < (height * 0.3) ** 2
+            samples += [
+                round(top * x / width),
+                round(top * y / height),
+                top if disc else round(top * 0.2),
+            ]
+    code = "B" if bit_depth == 8 else "H"
+    return RawImage(width, height, 3, bit_depth, struct.pack(f"={len(samples)}{code}", *samples))
+
+
+def _stripes(size: int) -> RawImage:
+    data = bytearray()
+    for y in range(size):
+        for x in range(size):
+            on = math.sin((x + y) * 0.8) > 0
+            data += bytes((230, 200, 30) if on else (20, 40, 160))
+    return RawImage(size, size, 3, 8, bytes(data))
+
+
+def test_job_through_the_started_real_server(started_server: nst_client.NstClient) -> None:
+    client = started_server
+    schema = client.params()
+    assert {"iterations", "max_size", "style_weight"} <= set(schema["params"])
+    params = nst_client.build_job_params(schema, quality="draft", iterations=6, max_size=64)
+    content = _photo(80, 60)
+    events: list[str] = []
+    png = nst_client.run_job(
+        client,
+        nst_client.encode_png(content),
+        [nst_client.encode_png(_stripes(64))],
+        params,
+        progress=lambda fraction, text: events.append(text),
+    )
+    result = nst_client.decode_png(png)
+    assert (result.width, result.height) == (80, 60)
+    assert result.channels in (3, 4)
+    step = 4 if result.channels == 4 else 3
+    rgb = bytes(b for i, b in enumerate(result.pixels) if i % step < 3)
+    diff = sum(abs(a - b) for a, b in zip(rgb, content.pixels, strict=True)) / len(rgb)
+    assert diff > 2.0, "the result is the photo unchanged"
+    assert any(text.startswith("Neural style: step ") for text in events), events
+
+
+def test_16bit_upload_is_accepted(started_server: nst_client.NstClient) -> None:
+    content = _photo(64, 48, bit_depth=16)
+    png = nst_client.run_job(
+        started_server,
+        nst_client.encode_png(content),
+        [nst_client.encode_png(_stripes(64))],
+        {"iterations": 2, "max_size": 64},
+    )
+    result = nst_client.decode_png(png)
+    assert (result.width, result.height) == (64, 48)
+
+
+def test_bad_params_give_a_readable_message(started_server: nst_client.NstClient) -> None:
+    with pytest.raises(nst_client.ServerError) as info:
+        started_server.submit(
+            nst_client.encode_png(_photo(20, 20)),
+            [nst_client.encode_png(_stripes(20))],
+            {"iterations": 0},
+        )
+    assert info.value.status == 400
+    assert "iterations" in str(info.value)
+    assert "Traceback" not in str(info.value)
