@@ -27,13 +27,15 @@ START_WORKER        start the worker thread (and load the network) in create_app
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
+import numpy as np
+from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request, url_for
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException, InternalServerError
 
@@ -97,9 +99,28 @@ class ApiError(HTTPException):
         self.extra_headers = dict(headers or {})
 
 
+class _Request(Request):
+    """Uploaded file parts are kept in memory, never spooled to disk.
+
+    werkzeug's default spools any part over 500 KB to an anonymous file in the shared system
+    temporary directory; uploads here must not touch disk at all. Memory stays bounded by
+    MAX_CONTENT_LENGTH, and every upload is read into memory to be decoded anyway.
+    """
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        return io.BytesIO()
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: config layers, error handlers, the blueprint and the job queue."""
     app = Flask(__name__)
+    app.request_class = _Request
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("NST")
     if test_config is not None:
@@ -296,7 +317,11 @@ def stylize() -> Response:
     if job.state == DONE and job.result is not None:
         return _png(job.result, job.id)
     if job.state == FAILED:
-        status = {"bad_input": 422, "engine_error": 500}.get(job.error_code or "", 500)
+        # engine_error: the engine cannot do this as asked (e.g. too small), the client's to fix;
+        # out_of_memory: this server cannot right now; internal: our bug.
+        status = {"bad_input": 422, "engine_error": 422, "out_of_memory": 503}.get(
+            job.error_code or "", 500
+        )
         _fail(status, "job_failed", job.error or "the job failed", X_NST_Job_Id=job.id)
     _fail(409, "cancelled", job.error or "the job was cancelled", X_NST_Job_Id=job.id)
 
@@ -394,8 +419,7 @@ def _submit_from_form() -> Job:
     content = _decode(content_file, "content")
     styles = [_decode(f, "style") for f in style_files]
     mask_file = files.get("mask")
-    # The engine does not use masks yet (later issues): validate it now so clients learn early.
-    mask = _decode(mask_file, "mask") if mask_file is not None else None
+    mask = _decode_mask(mask_file, content) if mask_file is not None else None
     if params.max_size == 0 and max(content.size) > cfg["MAX_PROCESSING_SIZE"]:
         _fail(
             400,
@@ -410,7 +434,7 @@ def _submit_from_form() -> Job:
             content.pixels,
             [s.pixels for s in styles],
             params,
-            mask=mask.pixels if mask else None,
+            mask=mask,
             bit_depth=content.bit_depth,
         )
     except QueueFull as exc:
@@ -427,10 +451,36 @@ def _parse_params(device: str) -> StyleParams:
         values = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         _fail(400, "bad_params", f"params: not valid JSON ({exc})")
+    except RecursionError:  # e.g. [[[[...]]]] nested deeper than the parser's stack
+        _fail(400, "bad_params", "params: the JSON is nested too deeply; send a flat object")
     try:
         return StyleParams.from_mapping(values, device)
     except ParamsError as exc:
         _fail(400, "bad_params", f"params: {exc}")
+    except (OverflowError, ValueError, TypeError) as exc:
+        # e.g. a 400-digit integer for a float parameter: float() overflows
+        _fail(400, "bad_params", f"params: a value is out of range ({exc})")
+
+
+def _decode_mask(upload: FileStorage, content: DecodedImage) -> np.ndarray:
+    """The mask as H x W float32 in [0, 1]: its luminance, times its alpha if it has one.
+
+    It must have the content's width and height (no silent stretching of a selection).
+    """
+    decoded = _decode(upload, "mask")
+    if decoded.size != content.size:
+        _fail(
+            400,
+            "bad_image",
+            f"mask: {decoded.size[0]}x{decoded.size[1]} px, but the content is "
+            f"{content.size[0]}x{content.size[1]} px; the mask must have the content's "
+            "width and height",
+        )
+    pixels = decoded.pixels
+    grey = pixels[..., 0] * 0.299 + pixels[..., 1] * 0.587 + pixels[..., 2] * 0.114
+    if pixels.shape[2] == 4:
+        grey = grey * pixels[..., 3]
+    return np.ascontiguousarray(np.clip(grey, 0.0, 1.0), dtype=np.float32)
 
 
 def _decode(upload: FileStorage, what: str) -> DecodedImage:

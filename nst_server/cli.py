@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nst_server import __version__
 from nst_server.params import ParamsError, StyleParams
 
@@ -96,6 +98,18 @@ def _build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("content", type=Path, help="the photo")
     stylize.add_argument("style", type=Path, nargs="+", help="the painting(s)")
     stylize.add_argument("-o", "--output", type=Path, required=True, help="result PNG")
+    stylize.add_argument(
+        "--mask",
+        type=Path,
+        default=None,
+        help="greyscale image of the photo's size: the style goes where it is white",
+    )
+    stylize.add_argument(
+        "--init-image",
+        type=Path,
+        default=None,
+        help="start from this image (e.g. an earlier result) instead of --init",
+    )
     _add_weights_flag(stylize)
     stylize.add_argument("--quiet", action="store_true", help="no progress bar")
     for field in dataclasses.fields(StyleParams):
@@ -115,21 +129,31 @@ def _add_weights_flag(parser: argparse.ArgumentParser) -> None:
 def _add_param_flag(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
     meta = field.metadata
     flag = "--" + field.name.replace("_", "-")
+    help_text = f"{meta['help']} (default: the device's, see GET /v1/params)"
+    if str(field.type) == "bool":
+        parser.add_argument(
+            flag,
+            dest=field.name,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=help_text,
+        )
+        return
     kind = {"int": int, "float": float, "str": str}.get(str(field.type))
     extra: dict[str, Any] = {}
     if meta.get("choices"):
         extra["choices"] = meta["choices"]
-    if kind is None:  # layer lists
+    if str(field.type) == "tuple[float, ...]":
+        kind = _comma_floats
+        extra["metavar"] = "W,..."
+    elif kind is None:  # layer lists
         kind = _comma_list
         extra["metavar"] = "LAYER,..."
-    parser.add_argument(
-        flag,
-        dest=field.name,
-        type=kind,
-        default=None,
-        help=f"{meta['help']} (default: the device's, see GET /v1/params)",
-        **extra,
-    )
+    parser.add_argument(flag, dest=field.name, type=kind, default=None, help=help_text, **extra)
+
+
+def _comma_floats(text: str) -> list[float]:
+    return [float(part) for part in _comma_list(text)]
 
 
 def _comma_list(text: str) -> list[str]:
@@ -188,6 +212,16 @@ def _stylize(ns: argparse.Namespace) -> int:
         StyleParams.from_mapping(overrides, "cpu")
         content = load_image_file(ns.content, max_pixels=_CLI_MAX_PIXELS)
         styles = [load_image_file(p, max_pixels=_CLI_MAX_PIXELS).pixels for p in ns.style]
+        mask = None
+        if ns.mask:
+            # Luminance of the mask image: white = style, black = photo, grey = in between.
+            rgb = load_image_file(ns.mask, max_pixels=_CLI_MAX_PIXELS).pixels[..., :3]
+            mask = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+        init_image = (
+            load_image_file(ns.init_image, max_pixels=_CLI_MAX_PIXELS).pixels
+            if ns.init_image
+            else None
+        )
     except (OSError, ImageError, ParamsError) as exc:
         print(f"nst-server: {exc}", file=sys.stderr)
         return 2
@@ -204,7 +238,9 @@ def _stylize(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         bar = None if ns.quiet else _ProgressBar()
-        result = engine.stylize(content.pixels, styles, params, bar)
+        result = engine.stylize(
+            content.pixels, styles, params, bar, mask=mask, init_image=init_image
+        )
         if bar:
             bar.finish()
         ns.output.parent.mkdir(parents=True, exist_ok=True)
@@ -224,8 +260,12 @@ class _ProgressBar:
         self.started = time.perf_counter()
         self.tty = sys.stderr.isatty()
         self.last_line = 0.0
+        self.note: str | None = None
 
     def __call__(self, event: Any) -> None:
+        if event.note and event.note != self.note:
+            self.note = event.note
+            print(f"\nnote: {event.note}", file=sys.stderr)
         if event.phase != "optimising":
             print(f"{event.phase}...", file=sys.stderr)
             return
@@ -238,6 +278,7 @@ class _ProgressBar:
         eta = _duration(event.eta_s) if event.eta_s is not None else "?"
         line = (
             f"[{'#' * done}{'.' * (self.width - done)}] {event.step}/{event.total} "
+            f"(scale {event.scale}/{event.scales}, {event.size[0]}x{event.size[1]} px) "
             f"loss {event.losses.get('total', float('nan')):.3g}  "
             f"{_duration(event.elapsed_s)} elapsed, {eta} left"
         )

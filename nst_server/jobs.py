@@ -56,7 +56,16 @@ class Engine(Protocol):
         styles: Sequence[np.ndarray],
         params: StyleParams,
         on_progress: Callable[[Progress], None] | None = None,
+        *,
+        mask: np.ndarray | None = None,
     ) -> np.ndarray: ...
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A MemoryError or TensorFlow's ResourceExhaustedError (told by name: no TF import here)."""
+    if isinstance(exc, MemoryError):
+        return True
+    return any(cls.__name__ == "ResourceExhaustedError" for cls in type(exc).__mro__)
 
 
 class QueueFull(Exception):  # noqa: N818 - reads better at the call site than QueueFullError
@@ -77,7 +86,7 @@ class Job:
     content: np.ndarray | None  # inputs are dropped once the job finishes
     styles: list[np.ndarray] | None
     params: StyleParams
-    mask: np.ndarray | None = None
+    mask: np.ndarray | None = None  # H x W float32 in [0, 1], the content's size (API checks)
     size: tuple[int, int] = (0, 0)  # content (width, height)
     n_styles: int = 0
     bit_depth: int = 8
@@ -85,7 +94,8 @@ class Job:
     state: str = QUEUED
     progress: dict[str, Any] = field(default_factory=lambda: {"phase": "queued"})
     error: str | None = None
-    error_code: str | None = None  # "engine_error" | "bad_input" | "internal" | "cancelled"
+    # "engine_error" | "out_of_memory" | "bad_input" | "internal" | "cancelled"
+    error_code: str | None = None
     result: bytes | None = None
     started: float | None = None  # monotonic
     finished: float | None = None  # monotonic
@@ -403,6 +413,10 @@ class JobQueue:
             }
             if event.size is not None:
                 update["size"] = list(event.size)
+            if getattr(event, "scales", 1) > 1:  # coarse-to-fine: which pass this is
+                update["scale"], update["scales"] = event.scale, event.scales
+            if getattr(event, "note", None):
+                update["note"] = event.note
             self._set_progress(job, update, preview=event.preview, step=event.step)
 
         try:
@@ -410,7 +424,7 @@ class JobQueue:
                 raise Cancelled
             assert job.content is not None and job.styles is not None
             result = self.engine.stylize(
-                job.content, job.styles, job.params, on_progress=on_progress
+                job.content, job.styles, job.params, on_progress, mask=job.mask
             )
             self._set_progress(job, {"phase": "encoding", "eta_s": None})
             png = encode_png(result, bit_depth=job.bit_depth)
@@ -427,7 +441,14 @@ class JobQueue:
         except ValueError as exc:
             self._fail(job, str(exc), "bad_input")
             return
-        except Exception:  # noqa: BLE001 - anything else is our bug: log it, tell the client where
+        except Exception as exc:  # noqa: BLE001 - sorted below; the worker must survive
+            if is_out_of_memory(exc):
+                # The real engine turns TF's ResourceExhaustedError into an EngineError itself;
+                # this catches a raw one (or a MemoryError from numpy/scipy) from anywhere else.
+                log.warning("job %s ran out of memory: %s", job.id, type(exc).__name__)
+                self._fail(job, self._out_of_memory_message(job), "out_of_memory")
+                return
+            # anything else is our bug: log it, tell the client where to look
             log.exception("job %s failed with an internal error", job.id)
             self._fail(job, self._internal_error(), "internal")
             return
@@ -454,6 +475,17 @@ class JobQueue:
             if preview is not None:
                 job._preview = preview
                 job._preview_step = step if step is not None else job._preview_step + 1
+
+    def _out_of_memory_message(self, job: Job) -> str:
+        width, height = job.size
+        size = job.progress.get("size")
+        at = f"{size[0]}x{size[1]} px" if size else f"max_size {job.params.max_size}"
+        smaller = max(64, (max(size) if size else job.params.max_size or max(width, height)) // 2)
+        return (
+            f"out of memory while stylising a {width}x{height} picture at {at}: try a smaller "
+            f"max_size (e.g. {smaller}), fewer style images, or close other programs using "
+            "the memory; the server is still running"
+        )
 
     def _internal_error(self) -> str:
         where = self.log_path or "the server's standard error"

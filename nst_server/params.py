@@ -107,6 +107,33 @@ class StyleParams:
             maximum=1.0,
         ),
     )
+    coarse_to_fine: bool = field(
+        default=True,
+        metadata=_meta(
+            "Start small and refine at growing sizes, spending most steps at the small ones: "
+            "faster, and a large result has the same look as a small one."
+        ),
+    )
+    preserve_colors: bool = field(
+        default=False,
+        metadata=_meta("Keep the photo's colours: transfer brushwork and light, not the palette."),
+    )
+    style_blend: tuple[float, ...] = field(
+        default=(),
+        metadata=_meta(
+            "Relative weight of each style image, in upload order (empty: equal).",
+            minimum=0.0,
+            maximum=1e6,
+        ),
+    )
+    style_scale: float = field(
+        default=1.0,
+        metadata=_meta(
+            "Size of the painting's brushwork in the result: 2 makes strokes twice as large.",
+            minimum=0.1,
+            maximum=4.0,
+        ),
+    )
     content_layers: tuple[str, ...] = field(
         default=("block4_conv2",),
         metadata=_meta("VGG19 layers whose features must match the photo.", items=VGG19_LAYERS),
@@ -128,6 +155,8 @@ class StyleParams:
             )
         if not self.content_layers and not self.style_layers:
             raise ParamsError("at least one of content_layers and style_layers must be given")
+        if self.style_blend and sum(self.style_blend) <= 0:
+            raise ParamsError("style_blend needs at least one weight above 0")
 
     @classmethod
     def for_device(cls, device: str) -> StyleParams:
@@ -180,31 +209,44 @@ class StyleParams:
 
 
 def _type_name(f: dataclasses.Field) -> str:
-    return {"int": "integer", "float": "number", "str": "string", "tuple[str, ...]": "array"}[
-        str(f.type)
-    ]
+    return {
+        "int": "integer",
+        "float": "number",
+        "str": "string",
+        "bool": "boolean",
+        "tuple[str, ...]": "array",
+        "tuple[float, ...]": "array",
+    }[str(f.type)]
+
+
+def _is_real(value: Any) -> bool:
+    # bool is an int subclass in Python; true/false for a number is a client bug.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
     """Accept JSON-ish values of the right kind; refuse everything else with a clear message."""
     kind = _type_name(f)
     if kind == "integer":
-        # bool is an int subclass in Python; true/false for a step count is a client bug.
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not _is_real(value) or (isinstance(value, float) and not value.is_integer()):
             raise ParamsError(f"{f.name} must be an integer, got {_show(value)}")
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ParamsError(f"{f.name} must be an integer, got {value!r}")
-            value = int(value)
-        return value
+        return int(value)
     if kind == "number":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not _is_real(value):
             raise ParamsError(f"{f.name} must be a number, got {_show(value)}")
-        return float(value)
+        return _to_float(f, value)
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise ParamsError(f"{f.name} must be true or false, got {_show(value)}")
+        return value
     if kind == "string":
         if not isinstance(value, str):
             raise ParamsError(f"{f.name} must be a string, got {_show(value)}")
         return value
+    if str(f.type) == "tuple[float, ...]":
+        if not isinstance(value, (list, tuple)) or not all(_is_real(v) for v in value):
+            raise ParamsError(f"{f.name} must be a list of numbers, got {_show(value)}")
+        return tuple(_to_float(f, v) for v in value)
     if isinstance(value, str):  # a single layer name is a list of one
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
@@ -212,27 +254,38 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     return tuple(value)
 
 
+def _to_float(f: dataclasses.Field, value: float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond float range, e.g. 10**400 in the JSON
+        raise ParamsError(f"{f.name} is far too large, got {_show(value)}") from None
+
+
 def _check_field(f: dataclasses.Field, value: Any) -> None:
     meta = f.metadata
     kind = _type_name(f)
-    if kind in ("integer", "number"):
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise ParamsError(f"{f.name} must be true or false, got {_show(value)}")
+    elif kind in ("integer", "number"):
         if kind == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
             raise ParamsError(f"{f.name} must be an integer, got {_show(value)}")
-        if kind == "number" and (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
+        if kind == "number" and (not _is_real(value) or not math.isfinite(value)):
             raise ParamsError(f"{f.name} must be a finite number, got {_show(value)}")
-        lo, hi = meta["minimum"], meta["maximum"]
-        if not lo <= value <= hi:
-            raise ParamsError(f"{f.name} must be between {lo:g} and {hi:g}, got {value!r}")
+        _check_range(f, value)
     elif kind == "string":
         if value not in meta["choices"]:
             raise ParamsError(
                 f"{f.name} must be one of {', '.join(repr(c) for c in meta['choices'])}, "
                 f"got {_show(value)}"
             )
+    elif str(f.type) == "tuple[float, ...]":
+        if len(value) > 16:
+            raise ParamsError(f"{f.name} has more than 16 entries")
+        for item in value:
+            if not _is_real(item) or not math.isfinite(item):
+                raise ParamsError(f"{f.name} must hold finite numbers, got {_show(item)}")
+            _check_range(f, item)
     else:
         bad = [v for v in value if v not in meta["items"]]
         if bad:
@@ -242,6 +295,12 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
             )
         if len(set(value)) != len(value):
             raise ParamsError(f"{f.name} lists a layer twice")
+
+
+def _check_range(f: dataclasses.Field, value: float) -> None:
+    lo, hi = f.metadata["minimum"], f.metadata["maximum"]
+    if not lo <= value <= hi:
+        raise ParamsError(f"{f.name} must be between {lo:g} and {hi:g}, got {value!r}")
 
 
 def _show(value: Any) -> str:

@@ -48,11 +48,18 @@ def test_from_mapping_overrides_device_defaults():
         ({"style_weight": "heavy"}, "style_weight must be a number"),
         ({"style_weight": float("nan")}, "style_weight must be a finite number"),
         ({"tv_weight": -1}, "tv_weight must be between"),
+        ({"tv_weight": 10**400}, "tv_weight is far too large"),
+        ({"iterations": 10**400}, "iterations must be between"),
         ({"content_layers": ["block9_conv9"]}, "unknown VGG19 layer"),
         ({"content_layers": [1, 2]}, "must be a list of layer names"),
         ({"style_layers": ["block1_conv1", "block1_conv1"]}, "lists a layer twice"),
         ({"content_layers": [], "style_layers": []}, "at least one of"),
         ({"colour": 1}, "unknown parameter(s): colour"),
+        ({"preserve_colors": 1}, "preserve_colors must be true or false"),
+        ({"style_blend": [1, "a"]}, "style_blend must be a list of numbers"),
+        ({"style_blend": [1, -1]}, "style_blend must be between 0 and"),
+        ({"style_blend": [0, 0]}, "at least one weight above 0"),
+        ({"style_scale": 9}, "style_scale must be between 0.1 and 4"),
     ],
 )
 def test_bad_values_are_refused_with_a_message_naming_the_field(values, message):
@@ -73,7 +80,7 @@ def test_describe_lists_every_field_with_type_range_and_device_default(device):
     assert set(described) == {f.name for f in dataclasses.fields(StyleParams)}
     for name, entry in described.items():
         assert entry["default"] == defaults[name]
-        assert entry["type"] in {"integer", "number", "string", "array"}
+        assert entry["type"] in {"integer", "number", "string", "boolean", "array"}
         assert entry["help"]
     assert described["iterations"]["minimum"] == 1 and described["iterations"]["maximum"] == 5000
     assert described["optimizer"]["choices"] == ["lbfgs", "adam"]

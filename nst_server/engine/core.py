@@ -11,16 +11,18 @@ import collections
 import contextlib
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.ndimage
 import scipy.optimize
 import tensorflow as tf
 
-from nst_server.engine import losses
+from nst_server.engine import colour, losses, memory
 from nst_server.engine.errors import EngineError
 from nst_server.engine.progress import Progress, ProgressCallback
 from nst_server.params import VGG19_LAYERS, StyleParams
@@ -34,8 +36,21 @@ _BGR_MEAN = (103.939, 116.779, 123.68)
 #: Shorter side, in pixels, below which block5 of VGG19 sees less than two positions.
 MIN_SHORT_SIDE = 32
 
-#: How many paintings' style targets are kept between jobs.
-_STYLE_CACHE_SIZE = 16
+#: How many (painting, size) style targets are kept between jobs: a coarse-to-fine run uses one
+#: per scale; a 512 px entry is about 2.4 MB.
+_STYLE_CACHE_SIZE = 48
+
+#: Longer side, in px, of the smallest coarse-to-fine scale. The picture's composition of strokes
+#: is settled there, so every target size gets the same look; below 256 px the content layer is
+#: a 16 x 12 grid and the painting swamps the photo (seen at 128 px).
+_SMALLEST_SCALE = 256
+#: Each scale gets this share of the steps of the scale below it.
+_STEP_DECAY = 0.6
+#: How preserve_colors works: "luminance" (the result's luminance, the photo's chroma) or
+#: "match" (the painting recoloured to the photo's colour statistics before the transfer).
+_COLOUR_METHOD = "luminance"
+#: Weight of the pixel anchor outside a mask: strong enough that the outside stays the photo.
+_ANCHOR_WEIGHT = 100.0
 
 
 def detect_device() -> str:
@@ -48,15 +63,17 @@ def detect_device() -> str:
     return "gpu" if gpus else "cpu"
 
 
-def fit_size(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """(h, w) scaled so the longer side is ``long_side`` (never up), short side >= 32 px."""
+def fit_size(height: int, width: int, long_side: int, *, upscale: bool = False) -> tuple[int, int]:
+    """(h, w) scaled so the longer side is ``long_side`` (up only if ``upscale``), short >= 32."""
     longer, shorter = max(height, width), min(height, width)
     if shorter < MIN_SHORT_SIDE:
         raise EngineError(
             f"the image is {width}x{height} px; its shorter side must be at least "
             f"{MIN_SHORT_SIDE} px for VGG19"
         )
-    scale = min(1.0, long_side / longer) if long_side > 0 else 1.0
+    scale = long_side / longer if long_side > 0 else 1.0
+    if not upscale:
+        scale = min(1.0, scale)
     # Never let the short side drop below the network's minimum when downscaling elongated images.
     scale = max(scale, MIN_SHORT_SIDE / shorter)
     return max(1, round(height * scale)), max(1, round(width * scale))
@@ -190,22 +207,28 @@ class StyleEngine:
         """The one compiled loss-and-gradient step for a layer plan, shared by every job.
 
         Height and width are None in the signature, so a new image size does not retrace.
+        The mask is always given (all ones without one), so there is one graph, not two.
         """
         if plan not in self._loss_fns:
+            image_spec = tf.TensorSpec((1, None, None, 3), tf.float32)
             signature = [
-                tf.TensorSpec((1, None, None, 3), tf.float32),
+                image_spec,
                 tuple(tf.TensorSpec((1, None, None, None), tf.float32) for _ in plan.content),
                 tuple(tf.TensorSpec((None, None), tf.float32) for _ in plan.style),
-                tf.TensorSpec((3,), tf.float32),
+                tf.TensorSpec((4,), tf.float32),  # content, style, tv, anchor weights
+                tf.TensorSpec((1, None, None, 1), tf.float32),  # mask
+                image_spec,  # the photo, for the anchor outside the mask
             ]
 
             @tf.function(input_signature=signature)
-            def loss_and_grads(image, content_targets, style_targets, weights):
+            def loss_and_grads(image, content_targets, style_targets, weights, mask, photo):
                 with tf.GradientTape() as tape:
                     tape.watch(image)
                     feats = model(_preprocess(image), training=False)
-                    terms = _loss_terms(plan, feats, image, content_targets, style_targets)
-                    total = weights[0] * terms[0] + weights[1] * terms[1] + weights[2] * terms[2]
+                    terms = _loss_terms(
+                        plan, feats, image, content_targets, style_targets, mask, photo
+                    )
+                    total = tf.reduce_sum(weights * terms)
                 return total, terms, tape.gradient(total, image)
 
             self._loss_fns[plan] = loss_and_grads
@@ -231,13 +254,14 @@ class StyleEngine:
             self._style_cache.move_to_end(key)
             return self._style_cache[key]
         features = self._feature_fn(plan, model)
-        grams: list[tf.Tensor] | None = None
-        for style, share in zip(styles, blend, strict=False):
-            h, w = fit_size(style.shape[0], style.shape[1], long_side)
+        grams: list[tf.Tensor] = []
+        for style, share in zip(styles, blend, strict=True):
+            if share == 0:
+                continue
+            h, w = fit_size(style.shape[0], style.shape[1], long_side, upscale=True)
             feats = features(resize(style[..., :3], h, w)[tf.newaxis])
             these = [share * losses.gram_matrix(feats[i]) for i in plan.style]
-            grams = these if grams is None else [a + b for a, b in zip(grams, these, strict=False)]
-        assert grams is not None
+            grams = these if not grams else [a + b for a, b in zip(grams, these, strict=True)]
         self._style_cache[key] = grams
         while len(self._style_cache) > _STYLE_CACHE_SIZE:
             self._style_cache.popitem(last=False)
@@ -251,37 +275,96 @@ class StyleEngine:
         styles: Sequence[np.ndarray],
         params: StyleParams,
         on_progress: ProgressCallback | None = None,
+        *,
+        mask: np.ndarray | None = None,
+        init_image: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Paint ``content`` in the style of ``styles`` (blended equally); see module docstring.
+        """Paint ``content`` in the style of ``styles``; see the module docstring.
+
+        ``mask`` (float32 H x W or H x W x 1 in [0, 1], the content's size) limits the style to
+        where it is 1, with a soft edge. ``init_image`` (any size) is the starting point instead
+        of ``params.init``, e.g. a previous result to continue from.
 
         Raises ``Cancelled`` when ``on_progress`` raises it, ``EngineError`` for requests that
-        cannot be done as asked (too small, out of memory), ``ValueError`` for malformed arrays.
+        cannot be done as asked (too small, out of memory, blend/style count mismatch),
+        ``ValueError`` for malformed arrays.
         """
         _check_image(content, "content")
         if not styles:
             raise ValueError("at least one style image is needed")
         for style in styles:
             _check_image(style, "style")
+        if init_image is not None:
+            _check_image(init_image, "init image")
+        height, width = content.shape[:2]
+        soft_mask = None if mask is None else _soft_mask(mask, height, width)
+        if params.preserve_colors and _COLOUR_METHOD == "match":
+            styles = [colour.match_colours(style[..., :3], content[..., :3]) for style in styles]
+        blend = _blend_weights(params.style_blend, len(styles))
         notify = on_progress or (lambda event: None)
         started = time.perf_counter()
         if not self.loaded:
             notify(Progress("loading", 0, params.iterations, 0.0))
             self.load()
-        height, width = content.shape[:2]
         long_side = max(height, width) if params.max_size == 0 else params.max_size
         h, w = fit_size(height, width, long_side)
+        note = None
+        budget = memory.free_bytes(self.device)
+        if budget is not None:
+            budget = int(budget * memory.USABLE_SHARE)
+            factor = memory.largest_fitting_scale(h, w, params.optimizer, budget)
+            if factor < 1.0:
+                fitted = int(max(h, w) * factor)
+                if fitted < MIN_SHORT_SIDE * 2:
+                    raise EngineError(
+                        f"not enough memory: {w}x{h} px needs about "
+                        f"{memory.job_bytes(h * w, params.optimizer) / 2**30:.1f} GB and only "
+                        f"{budget / 2**30:.1f} GB is free on the {self.device.upper()}; close "
+                        "other programs or lower max_size"
+                    )
+                h, w = fit_size(height, width, fitted)
+                note = (
+                    f"processed at {w}x{h} px instead of {round(w / factor)}x{round(h / factor)}"
+                    f": the largest size that fits in the {budget / 2**30:.1f} GB of free "
+                    f"{self.device.upper()} memory"
+                )
+                log.warning(note)
         notify(
-            Progress("preparing", 0, params.iterations, time.perf_counter() - started, size=(w, h))
+            Progress(
+                "preparing",
+                0,
+                params.iterations,
+                time.perf_counter() - started,
+                size=(w, h),
+                note=note,
+            )
         )
         try:
-            pixels = self._optimise(content, styles, params, (h, w), notify, started)
+            pixels = self._optimise(
+                content,
+                styles,
+                blend,
+                params,
+                (h, w),
+                soft_mask,
+                init_image,
+                notify,
+                started,
+                note,
+            )
         except tf.errors.ResourceExhaustedError as exc:
             raise EngineError(
                 f"out of memory on the {self.device.upper()} at {w}x{h} px: try a smaller "
                 f"max_size (e.g. {max(64, max(h, w) // 2)}) or, with L-BFGS, optimizer 'adam', "
                 "or close other programs using the graphics card"
             ) from exc
+        rgb = content[..., :3]
         result = resize(pixels, height, width).numpy()
+        if params.preserve_colors and _COLOUR_METHOD == "luminance":
+            result = colour.luminance_transfer(result, rgb)
+        if soft_mask is not None:
+            # The optimisation already kept the outside close to the photo; this makes it exact.
+            result = soft_mask * result + (1.0 - soft_mask) * rgb
         if content.shape[2] == 4:
             result = np.concatenate([result, content[..., 3:]], axis=2)
         return result.astype(np.float32, copy=False)
@@ -290,56 +373,104 @@ class StyleEngine:
         self,
         content: np.ndarray,
         styles: Sequence[np.ndarray],
+        blend: Sequence[float],
         params: StyleParams,
         size: tuple[int, int],
+        mask: np.ndarray | None,
+        init_image: np.ndarray | None,
         notify: ProgressCallback,
         started: float,
+        note: str | None,
     ) -> np.ndarray:
-        h, w = size
+        height, width = content.shape[:2]
         plan, model = self._plan(params)
-        content_small = resize(content[..., :3], h, w)[tf.newaxis]
-        feats = self._feature_fn(plan, model)(content_small)
-        content_targets = tuple(feats[i] for i in plan.content)
-        blend = [1.0 / len(styles)] * len(styles)
-        style_targets = tuple(self._style_targets(plan, model, styles, max(h, w), blend))
-        weights = tf.constant(
-            [params.content_weight, params.style_weight, params.tv_weight], tf.float32
-        )
         loss_and_grads = self._loss_fn(plan, model)
-
-        def evaluate(x: np.ndarray) -> tuple[float, np.ndarray, dict[str, float]]:
-            image = tf.constant(x.reshape(1, h, w, 3), tf.float32)
-            total, terms, grad = loss_and_grads(image, content_targets, style_targets, weights)
-            named = {
-                "total": float(total),
-                "content": float(terms[0]),
-                "style": float(terms[1]),
-                "tv": float(terms[2]),
-            }
-            return float(total), grad.numpy().reshape(-1), named
-
-        init = _initial_image(params, content_small[0].numpy(), styles, (h, w))
-        optimise = _run_lbfgs if params.optimizer == "lbfgs" else _run_adam
+        schedule = scale_schedule(max(size), params.iterations, params.coarse_to_fine)
+        sizes = [fit_size(height, width, side) for side, _ in schedule]
+        # ETA: seconds per (pixel x step), measured, times the pixel-steps still to do.
+        work = [steps * h * w for (_, steps), (h, w) in zip(schedule, sizes, strict=True)]
+        weights = tf.constant(
+            [
+                params.content_weight,
+                params.style_weight,
+                params.tv_weight,
+                _ANCHOR_WEIGHT if mask is not None else 0.0,
+            ],
+            tf.float32,
+        )
         opt_started = time.perf_counter()
+        done_steps = 0
+        x: np.ndarray | None = None
+        for index, ((side, steps), (h, w)) in enumerate(zip(schedule, sizes, strict=True)):
+            photo = resize(content[..., :3], h, w)[tf.newaxis]
+            feats = self._feature_fn(plan, model)(photo)
+            content_targets = tuple(feats[i] for i in plan.content)
+            style_side = max(MIN_SHORT_SIDE, round(side * params.style_scale))
+            style_targets = tuple(self._style_targets(plan, model, styles, style_side, blend))
+            mask_here = tf.ones((1, h, w, 1)) if mask is None else resize(mask, h, w)[tf.newaxis]
 
-        def report(step: int, x: np.ndarray, named: dict[str, float]) -> None:
-            spent = time.perf_counter() - opt_started
-            eta = spent / step * (params.iterations - step)
-            notify(
-                Progress(
-                    "optimising",
-                    step,
-                    params.iterations,
-                    time.perf_counter() - started,
-                    eta,
-                    named,
-                    (w, h),
-                    x.reshape(h, w, 3).astype(np.float32),
+            def evaluate(
+                flat: np.ndarray,
+                h=h,
+                w=w,
+                ct=content_targets,
+                st=style_targets,
+                m=mask_here,
+                ph=photo,
+            ) -> tuple[float, np.ndarray, dict[str, float]]:
+                image = tf.constant(flat.reshape(1, h, w, 3), tf.float32)
+                total, terms, grad = loss_and_grads(image, ct, st, weights, m, ph)
+                named = {
+                    "total": float(total),
+                    "content": float(terms[0]),
+                    "style": float(terms[1]),
+                    "tv": float(terms[2]),
+                }
+                return float(total), grad.numpy().reshape(-1), named
+
+            if x is None:
+                x = _initial_image(params, photo[0].numpy(), styles, init_image, (h, w))
+            else:
+                x = resize(x, h, w).numpy()
+            first_step = done_steps
+            done_work = sum(work[:index])
+
+            def report(
+                step: int,
+                flat: np.ndarray,
+                named: dict[str, float],
+                h=h,
+                w=w,
+                first_step=first_step,
+                done_work=done_work,
+                index=index,
+            ) -> None:
+                spent = time.perf_counter() - opt_started
+                finished = done_work + step * h * w
+                eta = spent / finished * (sum(work) - finished)
+                notify(
+                    Progress(
+                        "optimising",
+                        first_step + step,
+                        params.iterations,
+                        time.perf_counter() - started,
+                        eta,
+                        named,
+                        (w, h),
+                        index + 1,
+                        len(schedule),
+                        note,
+                        flat.reshape(h, w, 3).astype(np.float32),
+                    )
                 )
-            )
 
-        final = optimise(evaluate, init.reshape(-1), params, report)
-        return final.reshape(h, w, 3).astype(np.float32)
+            optimise = _run_lbfgs if params.optimizer == "lbfgs" else _run_adam
+            x = optimise(evaluate, x.astype(np.float64).reshape(-1), steps, params, report).reshape(
+                h, w, 3
+            )
+            done_steps += steps
+        assert x is not None
+        return x.astype(np.float32)
 
     # -- measuring (tests, benchmarks) ------------------------------------------------------
 
@@ -358,18 +489,21 @@ class StyleEngine:
         self.load()
         h, w = image.shape[:2]
         plan, model = self._plan(params)
-        content_small = resize(content[..., :3], h, w)[tf.newaxis]
-        feats = self._feature_fn(plan, model)(content_small)
-        blend = [1.0 / len(styles)] * len(styles)
-        grams = tuple(self._style_targets(plan, model, styles, max(h, w), blend))
+        photo = resize(content[..., :3], h, w)[tf.newaxis]
+        feats = self._feature_fn(plan, model)(photo)
+        blend = _blend_weights(params.style_blend, len(styles))
+        side = max(MIN_SHORT_SIDE, round(max(h, w) * params.style_scale))
+        grams = tuple(self._style_targets(plan, model, styles, side, blend))
         weights = tf.constant(
-            [params.content_weight, params.style_weight, params.tv_weight], tf.float32
+            [params.content_weight, params.style_weight, params.tv_weight, 0.0], tf.float32
         )
         total, terms, _ = self._loss_fn(plan, model)(
             tf.constant(image[np.newaxis, ..., :3], tf.float32),
             tuple(feats[i] for i in plan.content),
             grams,
             weights,
+            tf.ones((1, h, w, 1)),
+            photo,
         )
         return {
             "total": float(total),
@@ -377,6 +511,25 @@ class StyleEngine:
             "style": float(terms[1]),
             "tv": float(terms[2]),
         }
+
+
+def scale_schedule(long_side: int, iterations: int, coarse_to_fine: bool) -> list[tuple[int, int]]:
+    """[(longer side, steps), ...] from small to ``long_side``; the steps add up to ``iterations``.
+
+    Coarse to fine: the smallest scale is 256 px; sizes grow by about sqrt(2) (a step there costs
+    twice as much); each scale gets 0.6 times the steps of the one before, so most steps are
+    taken where they are cheap and the larger scales refine detail from an upscaled result.
+    """
+    if not coarse_to_fine or long_side <= _SMALLEST_SCALE:
+        return [(long_side, iterations)]
+    smallest = _SMALLEST_SCALE
+    count = 1 + math.ceil(math.log(long_side / smallest, math.sqrt(2)) - 1e-9)
+    sides = [round(smallest * (long_side / smallest) ** (i / (count - 1))) for i in range(count)]
+    sides = sides[-iterations:]  # fewer steps than scales: keep the largest scales
+    shares = [_STEP_DECAY**i for i in range(len(sides))]
+    steps = [max(1, int(iterations * share / sum(shares))) for share in shares]
+    steps[0] += iterations - sum(steps)  # rounding goes to the cheapest scale
+    return list(zip(sides, steps, strict=True))
 
 
 def _preprocess(image: tf.Tensor) -> tf.Tensor:
@@ -391,26 +544,30 @@ def _loss_terms(
     image: tf.Tensor,
     content_targets: Sequence[tf.Tensor],
     style_targets: Sequence[tf.Tensor],
+    mask: tf.Tensor,
+    photo: tf.Tensor,
 ) -> tf.Tensor:
-    """[content, style, tv], each averaged over its layers."""
+    """[content, style, tv, anchor]; content and style averaged over their layers."""
     zero = tf.constant(0.0, tf.float32)
     content = tf.add_n(
         [
             losses.content_loss(feats[i], t)
-            for i, t in zip(plan.content, content_targets, strict=False)
+            for i, t in zip(plan.content, content_targets, strict=True)
         ]
         or [zero]
     )
+    # Without a mask the mask is all ones: the weighted Gram is then the plain one.
     style = tf.add_n(
         [
-            losses.style_loss(losses.gram_matrix(feats[i]), t)
-            for i, t in zip(plan.style, style_targets, strict=False)
+            losses.style_loss(losses.gram_matrix(feats[i], mask), t)
+            for i, t in zip(plan.style, style_targets, strict=True)
         ]
         or [zero]
     )
     content /= max(1, len(plan.content))
     style /= max(1, len(plan.style))
-    return tf.stack([content, style, losses.total_variation_loss(image)])
+    tv = losses.total_variation_loss(image)
+    return tf.stack([content, style, tv, losses.anchor_loss(image, photo, mask)])
 
 
 def _check_image(image: np.ndarray, what: str) -> None:
@@ -424,15 +581,48 @@ def _check_image(image: np.ndarray, what: str) -> None:
 
 
 def _initial_image(
-    params: StyleParams, content: np.ndarray, styles: Sequence[np.ndarray], size: tuple[int, int]
+    params: StyleParams,
+    photo: np.ndarray,
+    styles: Sequence[np.ndarray],
+    init_image: np.ndarray | None,
+    size: tuple[int, int],
 ) -> np.ndarray:
     h, w = size
+    if init_image is not None:
+        return resize(init_image[..., :3], h, w).numpy()
     if params.init == "content":
-        return content.astype(np.float64)
+        return photo
     if params.init == "style":
-        return resize(styles[0][..., :3], h, w).numpy().astype(np.float64)
+        return resize(styles[0][..., :3], h, w).numpy()
     rng = np.random.default_rng(params.seed)
-    return rng.uniform(0.0, 1.0, (h, w, 3))
+    return rng.uniform(0.0, 1.0, (h, w, 3)).astype(np.float32)
+
+
+def _soft_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The mask as H x W x 1 float32 with a soft edge (a Gaussian of 0.5% of the longer side)."""
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2 or mask.shape != (height, width):
+        raise EngineError(
+            f"the mask is {mask.shape[1] if mask.ndim > 1 else '?'}x{mask.shape[0]} px but the "
+            f"photo is {width}x{height} px: they must be the same size"
+        )
+    sigma = max(1.0, 0.005 * max(height, width))
+    soft = scipy.ndimage.gaussian_filter(np.clip(mask, 0.0, 1.0).astype(np.float32), sigma)
+    return soft[..., np.newaxis]
+
+
+def _blend_weights(style_blend: Sequence[float], count: int) -> list[float]:
+    """Blend weights normalised to sum to 1 (equal when none are given)."""
+    if not style_blend:
+        return [1.0 / count] * count
+    if len(style_blend) != count:
+        raise EngineError(
+            f"style_blend has {len(style_blend)} weight(s) but {count} style image(s) were "
+            "given: give one weight per style image"
+        )
+    total = float(sum(style_blend))
+    return [weight / total for weight in style_blend]
 
 
 Evaluate = Callable[[np.ndarray], tuple[float, np.ndarray, dict[str, float]]]
@@ -440,7 +630,7 @@ Report = Callable[[int, np.ndarray, dict[str, float]], None]
 
 
 def _run_lbfgs(
-    evaluate: Evaluate, x0: np.ndarray, params: StyleParams, report: Report
+    evaluate: Evaluate, x0: np.ndarray, steps: int, params: StyleParams, report: Report
 ) -> np.ndarray:
     """scipy's L-BFGS-B with pixels bounded to [0, 1] (no clipping that would confuse it)."""
     last: dict[str, float] = {}
@@ -465,8 +655,8 @@ def _run_lbfgs(
         callback=callback,
         # Run the steps asked for: tolerances at zero stop only on a true standstill.
         options={
-            "maxiter": params.iterations,
-            "maxfun": params.iterations * 2,
+            "maxiter": steps,
+            "maxfun": steps * 2,
             "maxcor": 20,
             "ftol": 0.0,
             "gtol": 0.0,
@@ -476,7 +666,7 @@ def _run_lbfgs(
 
 
 def _run_adam(
-    evaluate: Evaluate, x0: np.ndarray, params: StyleParams, report: Report
+    evaluate: Evaluate, x0: np.ndarray, steps: int, params: StyleParams, report: Report
 ) -> np.ndarray:
     """Adam in numpy, clipped to [0, 1] after each step.
 
@@ -487,7 +677,7 @@ def _run_adam(
     x = x0.copy()
     m = np.zeros_like(x)
     v = np.zeros_like(x)
-    for step in range(1, params.iterations + 1):
+    for step in range(1, steps + 1):
         _, grad, named = evaluate(x)
         m = beta1 * m + (1 - beta1) * grad
         v = beta2 * v + (1 - beta2) * grad * grad

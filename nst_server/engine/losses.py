@@ -18,12 +18,19 @@ import tensorflow as tf
 _EPS = 1e-8
 
 
-def gram_matrix(features: tf.Tensor) -> tf.Tensor:
-    """Channel correlations of ``features`` (1 x H x W x C), averaged over positions -> C x C."""
+def gram_matrix(features: tf.Tensor, mask: tf.Tensor | None = None) -> tf.Tensor:
+    """Channel correlations of ``features`` (1 x H x W x C), averaged over positions -> C x C.
+
+    With ``mask`` (1 x h x w x 1, values in [0, 1], any size) the average is weighted by the
+    mask, resized to the features' grid: the statistics of the masked region only.
+    """
     channels = tf.shape(features)[-1]
     flat = tf.reshape(features, (-1, channels))
-    positions = tf.cast(tf.shape(flat)[0], features.dtype)
-    return tf.matmul(flat, flat, transpose_a=True) / positions
+    if mask is None:
+        positions = tf.cast(tf.shape(flat)[0], features.dtype)
+        return tf.matmul(flat, flat, transpose_a=True) / positions
+    weights = tf.reshape(tf.image.resize(mask, tf.shape(features)[1:3], method="area"), (-1, 1))
+    return tf.matmul(flat * weights, flat, transpose_a=True) / (tf.reduce_sum(weights) + _EPS)
 
 
 def content_loss(features: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
@@ -36,6 +43,11 @@ def style_loss(gram: tf.Tensor, target_gram: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.square(gram - target_gram)) / (
         tf.reduce_mean(tf.square(target_gram)) + _EPS
     )
+
+
+def anchor_loss(image: tf.Tensor, photo: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean squared pixel difference from the photo where ``mask`` is 0 (outside the region)."""
+    return tf.reduce_mean((1.0 - mask) * tf.square(image - photo))
 
 
 def total_variation_loss(image: tf.Tensor) -> tf.Tensor:

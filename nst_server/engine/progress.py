@@ -29,7 +29,10 @@ class Progress:
     elapsed_s: float
     eta_s: float | None = None
     losses: Mapping[str, float] = field(default_factory=dict)
-    size: tuple[int, int] | None = None  # processing (width, height)
+    size: tuple[int, int] | None = None  # processing (width, height) at the current scale
+    scale: int = 1  # which scale of a coarse-to-fine run (1-based) ...
+    scales: int = 1  # ... out of how many
+    note: str | None = None  # something the user should know, e.g. a size lowered to fit memory
     preview: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 

@@ -26,7 +26,9 @@ class FakeEngine:
     """Same interface as StyleEngine; returns the content with its red channel inverted.
 
     ``mode``: "ok", "slow" (``step_s`` per step, for cancellation tests), "engine_error",
-    "value_error", "crash" (a bug: RuntimeError). ``calls`` records what stylize received.
+    "value_error", "crash" (a bug: RuntimeError), "oom" (TF's ResourceExhaustedError),
+    "memory_error".
+    ``calls`` records what stylize received (``mask`` included).
     """
 
     device = "cpu"
@@ -59,9 +61,13 @@ class FakeEngine:
         styles: Sequence[np.ndarray],
         params: StyleParams,
         on_progress: Callable[[Progress], None] | None = None,
+        *,
+        mask: np.ndarray | None = None,
     ) -> np.ndarray:
         assert self.loaded, "the queue must load the engine before a job"
-        self.calls.append({"content": content, "styles": list(styles), "params": params})
+        self.calls.append(
+            {"content": content, "styles": list(styles), "params": params, "mask": mask}
+        )
         self.started.set()
         notify = on_progress or (lambda event: None)
         h, w = content.shape[:2]
@@ -70,6 +76,12 @@ class FakeEngine:
             raise EngineError("out of memory at 64x64 px: try a smaller max_size")
         if self.mode == "value_error":
             raise ValueError("content: image must be H x W x 3")
+        if self.mode == "oom":  # what TensorFlow raises when an allocation fails
+            import tensorflow as tf
+
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        if self.mode == "memory_error":
+            raise MemoryError
         if self.mode == "crash":
             raise RuntimeError("secret internal detail /home/user/.ssh")
         steps = params.iterations
@@ -86,8 +98,8 @@ class FakeEngine:
                     0.01 * step,
                     0.01 * (steps - step),
                     {"total": 1.0 / step, "content": 0.5, "style": 0.5, "tv": 0.0},
-                    (w, h),
-                    preview,
+                    size=(w, h),
+                    preview=preview,
                 )
             )
         out = content.copy()

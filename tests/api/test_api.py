@@ -148,6 +148,52 @@ def test_several_styles_and_a_mask_are_accepted(client, fake_engine) -> None:
     assert len(fake_engine.calls[0]["styles"]) == 2
 
 
+def test_a_mask_reaches_the_engine_as_greyscale_luminance_times_alpha(client, fake_engine):
+    grey = rgb_image(40, 32, "L")
+    alpha = Image.fromarray(np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (32, 1)))
+    rgba = Image.merge("RGBA", (grey, grey, grey, alpha))
+    response = post_job(client, mask=png_bytes(rgba), params={"iterations": 1})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    wait_done(client, response.get_json()["id"])
+    mask = fake_engine.calls[0]["mask"]
+    assert mask.shape == (32, 40) and mask.dtype == np.float32
+    expected = np.asarray(grey, np.float32) / 255 * np.asarray(alpha, np.float32) / 255
+    np.testing.assert_allclose(mask, expected, atol=1e-5)
+
+
+def test_no_mask_means_none_for_the_engine(client, fake_engine) -> None:
+    wait_done(client, post_job(client, params={"iterations": 1}).get_json()["id"])
+    assert fake_engine.calls[0]["mask"] is None
+
+
+def test_a_mask_of_another_size_is_refused_naming_both_sizes(client, fake_engine) -> None:
+    response = post_job(client, mask=png_bytes(rgb_image(20, 16, "L")))
+    assert_error(response, 400, "bad_image", "mask", "20x16", "40x32")
+    assert fake_engine.calls == []
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        '{"style_weight": 1' + "0" * 400 + "}",  # float() of a 400-digit int overflows
+        "[" * 100_000 + "]" * 100_000,  # deeper than the JSON parser's recursion limit
+    ],
+    ids=["overflowing-number", "deep-nesting"],
+)
+def test_pathological_params_json_is_a_400_not_a_500(client, params) -> None:
+    assert_error(post_job(client, params=params), 400, "bad_params", "params")
+
+
+def test_stylize_engine_error_is_a_422_and_oom_a_503(make_app) -> None:
+    # Regression: an EngineError (e.g. an image too small for VGG19) was answered with a 500.
+    client = make_app(FakeEngine(mode="engine_error")).test_client()
+    response = client.post("/v1/stylize", data=form(), content_type="multipart/form-data")
+    assert_error(response, 422, "job_failed", "max_size")
+    client = make_app(FakeEngine(mode="memory_error")).test_client()
+    response = client.post("/v1/stylize", data=form(), content_type="multipart/form-data")
+    assert_error(response, 503, "job_failed", "out of memory")
+
+
 def test_params_may_come_as_a_file_part(client, fake_engine) -> None:
     data = form()
     data["params"] = (io.BytesIO(b'{"iterations": 2}'), "params.json")

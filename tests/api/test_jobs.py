@@ -187,6 +187,37 @@ def test_a_bug_fails_the_job_without_leaking_details_and_the_worker_survives(
     assert wait_for(lambda: finished(queue, nxt.id))["state"] == "done"
 
 
+@pytest.mark.parametrize("mode", ["oom", "memory_error"])
+def test_out_of_memory_fails_the_job_with_a_message_and_the_worker_survives(
+    make_queue, mode
+) -> None:
+    # Regression: a raw ResourceExhaustedError / MemoryError used to be an "internal error".
+    if mode == "oom":
+        pytest.importorskip("tensorflow")  # imported here, not inside the 5 s wait below
+    engine = FakeEngine(mode=mode)
+    queue = make_queue(engine)
+    job = queue.submit(CONTENT, [STYLE], params(2))
+    snap = wait_for(lambda: finished(queue, job.id))
+    assert snap["state"] == "failed" and snap["error_code"] == "out_of_memory"
+    assert "out of memory" in snap["error"] and "max_size" in snap["error"]
+    assert f"{CONTENT.shape[1]}x{CONTENT.shape[0]}" in snap["error"]
+    engine.mode = "ok"
+    nxt = queue.submit(CONTENT, [STYLE], params(1))
+    assert wait_for(lambda: finished(queue, nxt.id))["state"] == "done"
+
+
+def test_the_mask_reaches_the_engine(make_queue) -> None:
+    engine = FakeEngine()
+    queue = make_queue(engine)
+    mask = np.linspace(0, 1, CONTENT.shape[0] * CONTENT.shape[1], dtype=np.float32).reshape(
+        CONTENT.shape[:2]
+    )
+    job = queue.submit(CONTENT, [STYLE], params(1), mask=mask)
+    assert wait_for(lambda: finished(queue, job.id))["state"] == "done"
+    np.testing.assert_array_equal(engine.calls[0]["mask"], mask)
+    assert job.mask is None  # inputs are dropped once the job is finished
+
+
 def test_a_failing_load_is_reported_and_retried_for_the_next_job(make_queue) -> None:
     engine = FakeEngine()
     calls = {"n": 0}

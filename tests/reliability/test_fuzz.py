@@ -1,0 +1,111 @@
+"""Property-based fuzzing of every endpoint through Flask's test client on a fake engine.
+
+The default run sends a few hundred requests; ``-m slow`` (or bench/reliability_fuzz.py) sends
+10,000. Rule for every answer: no 5xx, JSON errors without tracebacks (see fuzzing.py). After the
+run: the worker thread is alive, health is ok, and a real job still completes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from nst_server.api import create_app, get_queue
+from tests.reliability.fuzzing import Request, check_answer, requests
+from tests.reliability.helpers import GatedEngine, gradient, painting, png
+
+DEFAULT_EXAMPLES = int(os.environ.get("NST_FUZZ_EXAMPLES", "400"))
+OPENAPI = Path(__file__).resolve().parents[2] / "nst_server" / "openapi.yaml"
+
+
+class FuzzTarget:
+    """An app on a fake engine, the requests sent to it and what came back."""
+
+    def __init__(self) -> None:
+        self.engine = GatedEngine(step_s=0)
+        self.app = create_app(
+            {"ENGINE": self.engine, "ABANDON_AFTER_S": 0, "QUEUE_SIZE": 4, "JOB_TTL_S": 60}
+        )
+        self.client = self.app.test_client()
+        self.sent = 0
+        self.statuses: dict[int, int] = {}
+        self.paths: set[str] = set()
+
+    def send(self, request: Request) -> None:
+        method, path, headers, body = request
+        response = self.client.open(path, method=method, headers=headers, data=body)
+        self.sent += 1
+        self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+        self.paths.add(f"{method} {re.sub(r'/jobs/[^/]+', '/jobs/{id}', path)}")
+        job_id = check_answer(request, response.status_code, response.content_type, response.data)
+        if job_id is not None:  # poll it and cancel it, exercising those endpoints on real ids
+            for suffix in ("", "/preview", "/result"):
+                r = self.client.get(f"/v1/jobs/{job_id}{suffix}")
+                check_answer(("GET", "/v1/jobs/x", {}, b""), r.status_code, r.content_type, r.data)
+            r = self.client.delete(f"/v1/jobs/{job_id}")
+            assert r.status_code in (200, 202), r.data
+            self.sent += 4
+
+    def assert_still_serving(self) -> None:
+        queue = get_queue(self.app)
+        assert all(t.is_alive() for t in queue._threads), "a worker thread died"
+        assert self.client.get("/v1/health").get_json()["status"] == "ok"
+        data = {
+            "content": (io.BytesIO(png(gradient(40, 32))), "c.png"),
+            "style": (io.BytesIO(painting(48)), "s.png"),
+            "params": '{"iterations": 2, "max_size": 64}',
+        }
+        response = self.client.post("/v1/stylize", data=data, content_type="multipart/form-data")
+        assert response.status_code == 200, response.data[:300]
+
+    def close(self) -> None:
+        get_queue(self.app).close()
+
+
+def run_fuzz(examples: int) -> FuzzTarget:
+    """Send ``examples`` generated requests (and follow-ups on accepted jobs) to a new app."""
+    target = FuzzTarget()
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(requests())
+    def one(request: Request) -> None:
+        target.send(request)
+
+    try:
+        one()
+        target.assert_still_serving()
+    finally:
+        target.close()
+    return target
+
+
+def test_fuzz_every_endpoint_no_5xx() -> None:
+    target = run_fuzz(DEFAULT_EXAMPLES)
+    assert target.sent >= DEFAULT_EXAMPLES
+    assert not any(status >= 500 for status in target.statuses)
+    # the generator really reached every endpoint and both outcomes
+    documented = set(re.findall(r"^  (/v1/[^:]+):", OPENAPI.read_text(), re.M))
+    reached = {p.split(" ", 1)[1] for p in target.paths}
+    assert documented <= reached, documented - reached
+    assert 202 in target.statuses and 400 in target.statuses and 404 in target.statuses
+
+
+@pytest.mark.slow
+def test_fuzz_ten_thousand_requests(request) -> None:
+    # ~2-5 min: only when asked for (pytest -m slow), not in the default run
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("10,000-request fuzz: run with -m slow or bench/reliability_fuzz.py")
+    target = run_fuzz(10_000)
+    assert target.sent >= 10_000
+    assert not any(status >= 500 for status in target.statuses)
