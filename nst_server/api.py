@@ -420,6 +420,15 @@ def _submit_from_form() -> Job:
     styles = [_decode(f, "style") for f in style_files]
     mask_file = files.get("mask")
     mask = _decode_mask(mask_file, content) if mask_file is not None else None
+    init_file = files.get("init")  # e.g. an earlier result to continue from
+    init_image = _decode(init_file, "init").pixels if init_file is not None else None
+    if params.style_blend and len(params.style_blend) != len(styles):
+        _fail(
+            400,
+            "bad_params",
+            f"params: style_blend has {len(params.style_blend)} weight(s) but {len(styles)} "
+            "style image(s) were sent; give one weight per style image",
+        )
     if params.max_size == 0 and max(content.size) > cfg["MAX_PROCESSING_SIZE"]:
         _fail(
             400,
@@ -435,6 +444,7 @@ def _submit_from_form() -> Job:
             [s.pixels for s in styles],
             params,
             mask=mask,
+            init_image=init_image,
             bit_depth=content.bit_depth,
         )
     except QueueFull as exc:

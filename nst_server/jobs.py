@@ -58,6 +58,7 @@ class Engine(Protocol):
         on_progress: Callable[[Progress], None] | None = None,
         *,
         mask: np.ndarray | None = None,
+        init_image: np.ndarray | None = None,
     ) -> np.ndarray: ...
 
 
@@ -87,6 +88,7 @@ class Job:
     styles: list[np.ndarray] | None
     params: StyleParams
     mask: np.ndarray | None = None  # H x W float32 in [0, 1], the content's size (API checks)
+    init_image: np.ndarray | None = None  # starting point instead of params.init (any size)
     size: tuple[int, int] = (0, 0)  # content (width, height)
     n_styles: int = 0
     bit_depth: int = 8
@@ -182,6 +184,7 @@ class JobQueue:
         params: StyleParams,
         *,
         mask: np.ndarray | None = None,
+        init_image: np.ndarray | None = None,
         bit_depth: int = 8,
     ) -> Job:
         """Queue a job; raise :class:`QueueFull` when ``capacity`` jobs are already waiting."""
@@ -193,6 +196,7 @@ class JobQueue:
             styles=list(styles),
             params=params,
             mask=mask,
+            init_image=init_image,
             bit_depth=bit_depth,
             size=(int(content.shape[1]), int(content.shape[0])),
             n_styles=len(styles),
@@ -319,7 +323,7 @@ class JobQueue:
         job.finished = time.monotonic()
         job.progress["phase"] = state
         job.progress.pop("eta_s", None)
-        job.content = job.styles = job.mask = None
+        job.content = job.styles = job.mask = job.init_image = None
         job.done_event.set()
 
     def _worker(self) -> None:
@@ -424,7 +428,12 @@ class JobQueue:
                 raise Cancelled
             assert job.content is not None and job.styles is not None
             result = self.engine.stylize(
-                job.content, job.styles, job.params, on_progress, mask=job.mask
+                job.content,
+                job.styles,
+                job.params,
+                on_progress,
+                mask=job.mask,
+                init_image=job.init_image,
             )
             self._set_progress(job, {"phase": "encoding", "eta_s": None})
             png = encode_png(result, bit_depth=job.bit_depth)

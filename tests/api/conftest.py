@@ -63,10 +63,17 @@ class FakeEngine:
         on_progress: Callable[[Progress], None] | None = None,
         *,
         mask: np.ndarray | None = None,
+        init_image: np.ndarray | None = None,
     ) -> np.ndarray:
         assert self.loaded, "the queue must load the engine before a job"
         self.calls.append(
-            {"content": content, "styles": list(styles), "params": params, "mask": mask}
+            {
+                "content": content,
+                "styles": list(styles),
+                "params": params,
+                "mask": mask,
+                "init_image": init_image,
+            }
         )
         self.started.set()
         notify = on_progress or (lambda event: None)

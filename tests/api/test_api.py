@@ -14,6 +14,7 @@ from PIL import Image
 
 import nst_server
 from nst_server.api import create_app, get_queue
+from nst_server.params import StyleParams
 
 PNG = png_bytes(rgb_image(40, 32))
 STYLE_PNG = png_bytes(rgb_image(24, 24))
@@ -105,7 +106,8 @@ def test_params_describes_every_field_with_this_servers_limits(make_app) -> None
     ):
         assert {"type", "default", "help"} <= set(p[name])
     assert p["iterations"]["default"] == 150 and p["iterations"]["maximum"] == 300
-    assert p["max_size"]["default"] == 256 and p["max_size"]["maximum"] == 1024
+    cpu = StyleParams.for_device("cpu")
+    assert p["max_size"]["default"] == cpu.max_size and p["max_size"]["maximum"] == 1024
     assert p["optimizer"]["choices"] == ["lbfgs", "adam"]
     assert body["limits"]["max_iterations"] == 300
     assert body["limits"]["max_upload_bytes"] == 100 * 1024 * 1024
@@ -164,6 +166,23 @@ def test_a_mask_reaches_the_engine_as_greyscale_luminance_times_alpha(client, fa
 def test_no_mask_means_none_for_the_engine(client, fake_engine) -> None:
     wait_done(client, post_job(client, params={"iterations": 1}).get_json()["id"])
     assert fake_engine.calls[0]["mask"] is None
+
+
+def test_an_init_image_reaches_the_engine_at_its_own_size(client, fake_engine) -> None:
+    start = rgb_image(20, 16)
+    response = post_job(client, init=png_bytes(start), params={"iterations": 1})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    wait_done(client, response.get_json()["id"])
+    init = fake_engine.calls[0]["init_image"]
+    assert init.shape == (16, 20, 3)
+    np.testing.assert_allclose(init, np.asarray(start, np.float32) / 255, atol=1e-6)
+    assert fake_engine.calls[0]["mask"] is None
+
+
+def test_style_blend_needs_one_weight_per_style(client, fake_engine) -> None:
+    response = post_job(client, params={"style_blend": [1, 2]})
+    assert_error(response, 400, "bad_params", "style_blend has 2 weight(s) but 1 style")
+    assert fake_engine.calls == []
 
 
 def test_a_mask_of_another_size_is_refused_naming_both_sizes(client, fake_engine) -> None:
