@@ -332,6 +332,7 @@ class GatedEngine:
         on_progress: Callable[[Progress], None] | None = None,
         *,
         mask: np.ndarray | None = None,
+        init_image: np.ndarray | None = None,
     ) -> np.ndarray:
         notify = on_progress or (lambda event: None)
         h, w = content.shape[:2]
