@@ -4,15 +4,18 @@ Standard library only and no ``gi`` import, because GIMP's bundled Python has ne
 requests, and because the tests import this module on the host with plain Python.
 
 The server's API (issue 2): ``GET /v1/health``, ``GET /v1/params``, ``POST /v1/jobs``
-(multipart: ``content`` PNG, ``style`` PNG (may repeat), optional ``params`` JSON text) ->
-``{"id"}``, ``GET /v1/jobs/<id>`` -> ``{"state", "progress", "error"}``,
-``GET /v1/jobs/<id>/result`` -> PNG, ``DELETE /v1/jobs/<id>``. Errors are JSON
-``{"error": {"code", "message"}}``. A job whose client stops polling is cancelled by the server,
-which is what frees it when GIMP kills this plug-in on Cancel.
+(multipart: ``content`` PNG, ``style`` PNG (may repeat), optional ``mask`` (greyscale PNG of the
+content's size, white = stylise), optional ``init`` (a PNG to start from, e.g. an earlier
+result), optional ``params`` JSON text) -> ``{"id"}``, ``GET /v1/jobs/<id>`` -> ``{"state",
+"progress", "error"}`` (progress may carry ``scale``/``scales``, the coarse-to-fine pass, and a
+``note`` for the user), ``GET /v1/jobs/<id>/result`` -> PNG, ``DELETE /v1/jobs/<id>``.
+Errors are JSON ``{"error": {"code", "message"}}``. A job whose client stops polling is
+cancelled by the server, which is what frees it when GIMP kills this plug-in on Cancel.
 """
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
 import math
@@ -81,6 +84,10 @@ class ServerUnreachable(NstError):
 
 class JobCancelled(NstError):
     """The job was cancelled on the server (by someone else or by the abandonment rule)."""
+
+
+class JobLost(NstError):
+    """The server stopped or restarted after accepting the job: its in-memory queue is gone."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,10 +236,23 @@ def _unfilter(raw: bytes, height: int, stride: int, bpp: int) -> bytes:
     return bytes(out)
 
 
-def decode_png(data: bytes) -> RawImage:
+#: Largest result decode_png accepts when the caller gives no expected size: GIMP's own limit is
+#: far above, but a picture this large (16-bit RGBA: 4 GiB) is no answer to any real job.
+MAX_DECODE_PIXELS = 2**29
+
+
+def decode_png(
+    data: bytes,
+    expected_size: tuple[int, int] | None = None,
+    max_pixels: int = MAX_DECODE_PIXELS,
+) -> RawImage:
     """Decode a non-interlaced 8- or 16-bit grey/grey+alpha/RGB/RGBA PNG (what the server emits).
 
     16-bit samples come back in the machine's byte order (see :class:`RawImage`).
+    ``expected_size`` (width, height), when given, must match the IHDR before anything is
+    inflated, and inflation stops at the size the IHDR implies: a hostile or broken server
+    cannot make the plug-in allocate more than the picture it asked for (a zlib "bomb" of a few
+    KB can otherwise expand to gigabytes).
     """
     if not data.startswith(PNG_SIGNATURE):
         raise ValueError("not a PNG file (bad signature)")
@@ -247,6 +267,8 @@ def decode_png(data: bytes) -> RawImage:
             raise ValueError("PNG file is truncated")
         pos += 12 + length
         if kind == b"IHDR":
+            if length != 13:
+                raise ValueError("PNG IHDR chunk has the wrong length")
             header = struct.unpack(">IIBBBBB", payload)
         elif kind == b"IDAT":
             idat += payload
@@ -263,13 +285,28 @@ def decode_png(data: bytes) -> RawImage:
         raise ValueError("interlaced PNG is not supported")
     if width == 0 or height == 0:
         raise ValueError("PNG has zero width or height")
+    if expected_size is not None and (width, height) != tuple(expected_size):
+        raise ValueError(
+            f"the PNG is {width}x{height} px, expected {expected_size[0]}x{expected_size[1]} px"
+        )
+    if width * height > max_pixels:
+        raise ValueError(f"the PNG is {width}x{height} px, over the limit of {max_pixels} pixels")
     channels = _CHANNELS_BY_COLOR_TYPE[color_type]
     bpp = channels * bit_depth // 8
+    stride = width * bpp
+    expected = height * (1 + stride)  # one filter-type byte per row
+    inflater = zlib.decompressobj()
     try:
-        raw = zlib.decompress(bytes(idat))
+        # max_length bounds the output; one byte more than needed tells "too much" from "exact".
+        raw = inflater.decompress(bytes(idat), expected + 1)
     except zlib.error as exc:
         raise ValueError(f"PNG image data is corrupt ({exc})") from None
-    pixels = _unfilter(raw, height, width * bpp, bpp)
+    if len(raw) > expected or inflater.unconsumed_tail:
+        raise ValueError(
+            f"PNG image data inflate to more than a {width}x{height} picture holds; "
+            "refusing to decode it"
+        )
+    pixels = _unfilter(raw, height, stride, bpp)
     if bit_depth == 16:
         pixels = _swap16(pixels)
     return RawImage(width, height, channels, bit_depth, pixels)
@@ -308,6 +345,19 @@ def style_weight_for_strength(strength: float, default_weight: float) -> float:
     return default_weight * 10.0 ** ((strength - STRENGTH_DEFAULT) / STRENGTH_DECADE)
 
 
+def _has_param(schema: Mapping[str, Any], name: str) -> bool:
+    return isinstance(schema.get("params", {}).get(name), Mapping)
+
+
+def _needs_param(schema: Mapping[str, Any], name: str, what: str) -> None:
+    """An older server rejects unknown params with a terse 400: say what to do instead."""
+    if not _has_param(schema, name):
+        raise NstError(
+            f"This neural style server does not support {what} (no '{name}' parameter): update "
+            "it (run install/install.sh again) or leave that setting at its default."
+        )
+
+
 def build_job_params(
     schema: Mapping[str, Any],
     *,
@@ -317,16 +367,23 @@ def build_job_params(
     max_size: int = 0,
     optimizer: str = "",
     seed: int = 0,
+    preserve_colors: bool = False,
+    style_scale: float = 1.0,
+    style_blend: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """The ``params`` JSON of a job from the plug-in's settings and the server's /v1/params.
 
     iterations / max_size 0 mean "from the quality preset", which scales the server's device
     defaults; a non-zero value is sent as given (the server checks the range and says so).
+    preserve_colors and style_scale are sent only when they differ from the server's default,
+    so the server's defaults rule while the user leaves them alone, and an older server that
+    lacks them still takes jobs that do not use them. ``style_blend`` (one weight per style
+    image) is sent when given.
     """
     if quality not in QUALITY_PRESETS:
         raise NstError(f"quality must be one of {', '.join(QUALITY_PRESETS)}, got {quality!r}")
     size_factor, steps_factor = QUALITY_PRESETS[quality]
-    default_size = int(_param_default(schema, "max_size", 256))
+    default_size = int(_param_default(schema, "max_size", 384))
     default_steps = int(_param_default(schema, "iterations", 150))
     params: dict[str, Any] = {"seed": int(seed)}
     if iterations > 0:
@@ -347,7 +404,69 @@ def build_job_params(
         params["style_weight"] = float(
             _clamp(schema, "style_weight", style_weight_for_strength(strength, default_weight))
         )
+    if bool(preserve_colors) != bool(_param_default(schema, "preserve_colors", False)):
+        _needs_param(schema, "preserve_colors", "preserving the photo's colours")
+        params["preserve_colors"] = bool(preserve_colors)
+    if not math.isclose(float(style_scale), float(_param_default(schema, "style_scale", 1.0))):
+        _needs_param(schema, "style_scale", "a style scale")
+        params["style_scale"] = float(_clamp(schema, "style_scale", float(style_scale)))
+    if style_blend is not None:
+        weights = [float(w) for w in style_blend]
+        if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise NstError(f"style blend weights must be >= 0 and not all 0, got {weights}")
+        if len(weights) > 1:  # one style needs no blend, and any server takes that job
+            _needs_param(schema, "style_blend", "blending several styles")
+            params["style_blend"] = weights
     return params
+
+
+def blend_for_share(share: float) -> list[float]:
+    """The plug-in's "second style share" (0..100 %) -> style_blend weights [first, second]."""
+    if not 0.0 <= share <= 100.0:
+        raise NstError(f"the second style's share must be between 0 and 100, got {share:g}")
+    return [100.0 - share, share]
+
+
+# --------------------------------------------------------------------------------------------
+# Result layers remember how they were made (a parasite), so a second run can continue
+
+
+#: Parasite name on result layers; its data is :func:`encode_result_record`'s JSON.
+RESULT_PARASITE = "neural-style-result"
+
+
+def encode_result_record(
+    source_id: int, source_name: str, style: str, params: Mapping[str, Any]
+) -> bytes:
+    """What a result layer records: the photo layer it came from (id for this session, name for
+    after the XCF is reopened, when ids change) and the job's params."""
+    doc = {
+        "version": 1,
+        "source_id": int(source_id),
+        "source_name": source_name,
+        "style": style,
+        "params": dict(params),
+    }
+    return json.dumps(doc, sort_keys=True).encode("utf-8")
+
+
+def decode_result_record(data: bytes | Sequence[int] | None) -> dict[str, Any] | None:
+    """The record of a result layer, or None when absent or unreadable (then it is a plain
+    layer: the plug-in stylises it as it is rather than failing over a damaged parasite)."""
+    if not data:
+        return None
+    try:
+        doc = json.loads(bytes(data).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, TypeError):
+        return None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("version") != 1
+        or not isinstance(doc.get("source_id"), int)
+        or not isinstance(doc.get("source_name"), str)
+    ):
+        return None
+    return doc
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,8 +560,10 @@ class NstClient:
                 return response.status, response.headers.get("Content-Type", ""), response.read()
         except urllib.error.HTTPError as exc:
             raise error_message(exc.code, exc.read() or b"", url) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            # HTTPException: the connection broke mid-answer (IncompleteRead, BadStatusLine),
+            # e.g. the server was killed while sending; to the user that is "unreachable".
+            reason = getattr(exc, "reason", exc) or type(exc).__name__
             raise ServerUnreachable(
                 f"Cannot reach the neural style server at {self.base_url}: {reason}"
             ) from None
@@ -473,6 +594,7 @@ class NstClient:
         style_pngs: Sequence[bytes],
         params: Mapping[str, Any] | None = None,
         mask_png: bytes | None = None,
+        init_png: bytes | None = None,
     ) -> str:
         fields: list[tuple[str, str | None, str, bytes]] = [
             ("content", "content.png", "image/png", content_png)
@@ -480,6 +602,8 @@ class NstClient:
         fields += [("style", f"style{i}.png", "image/png", png) for i, png in enumerate(style_pngs)]
         if mask_png is not None:
             fields.append(("mask", "mask.png", "image/png", mask_png))
+        if init_png is not None:
+            fields.append(("init", "init.png", "image/png", init_png))
         if params:
             fields.append(("params", None, "application/json", json.dumps(params).encode()))
         body, ctype = build_multipart(fields)
@@ -526,17 +650,38 @@ def progress_text(status: Mapping[str, Any]) -> tuple[float | None, str]:
         )
     step, total = progress.get("step"), progress.get("total")
     phase = progress.get("phase") or state
+    scale, scales = progress.get("scale"), progress.get("scales")
+    # Coarse to fine: "pass 2/3" tells the user why the picture sharpens in jumps.
+    passes = (
+        f"pass {int(scale)}/{int(scales)}, "
+        if isinstance(scale, (int, float)) and isinstance(scales, (int, float)) and scales > 1
+        else ""
+    )
+    note = progress.get("note")
+    suffix = f" ({note})" if isinstance(note, str) and note else ""
     if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
         fraction = min(1.0, max(0.0, step / total))
-        text = f"Neural style: step {int(step)}/{int(total)}"
+        text = f"Neural style: {passes}step {int(step)}/{int(total)}"
         eta = progress.get("eta_s")
         if isinstance(eta, (int, float)) and eta >= 0 and step > 0:
             text += f", about {format_duration(eta)} left"
-        return fraction, text
-    return None, f"Neural style: {phase}"
+        return fraction, text + suffix
+    return None, f"Neural style: {passes}{phase}{suffix}"
 
 
 ProgressCallback = Callable[[float | None, str], None]
+
+#: How often a poll that finds nothing listening is retried before the job counts as lost:
+#: rides over a momentary hiccup, and stays well below the server's abandonment time.
+LOST_RETRIES = 3
+
+
+def job_lost_message(client: NstClient, why: str) -> str:
+    return (
+        f"The neural style server stopped or restarted while working on this job ({why}), so "
+        f"the job was lost: start it again (the plug-in starts it by itself on the next run if "
+        f"the installer recorded how; otherwise: {how_to_start(client.base_url)}) and retry."
+    )
 
 
 def run_job(
@@ -548,24 +693,54 @@ def run_job(
     poll_interval: float = POLL_INTERVAL_S,
     timeout: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    *,
+    mask_png: bytes | None = None,
+    init_png: bytes | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> bytes:
     """Submit a job, poll it to the end feeding ``progress``, and return the result PNG.
 
     Raises ServerError with the job's own message when it fails, JobCancelled when it is
-    cancelled on the server. If this process is killed (GIMP's Cancel), polling stops and the
-    server cancels the job itself.
+    cancelled on the server, JobLost when the server stops or restarts after accepting it
+    (nothing answers, or it no longer knows the job's id). ``on_note`` is called once with
+    each distinct ``note`` the server attaches to the progress (e.g. "processed at a smaller
+    size: memory"), so the caller can tell the user rather than bury it in a progress bar. If
+    this process is killed (GIMP's Cancel), polling stops and the server cancels the job itself.
     """
     report = progress or (lambda fraction, text: None)
     report(None, "Neural style: sending the images")
-    job_id = client.submit(content_png, style_pngs, params)
+    job_id = client.submit(content_png, style_pngs, params, mask_png=mask_png, init_png=init_png)
     started = time.monotonic()
+    notes: list[str] = []
+
+    def fetch(call: Callable[[str], Any]) -> Any:
+        """One call about the accepted job; lost-job symptoms become JobLost."""
+        for attempt in range(LOST_RETRIES + 1):
+            try:
+                return call(job_id)
+            except ServerUnreachable as exc:
+                if attempt == LOST_RETRIES:
+                    raise JobLost(job_lost_message(client, f"{exc}")) from None
+                sleep(poll_interval)
+            except ServerError as exc:
+                # The server answered but forgot the id it gave us: a new process.
+                if exc.status == 404:
+                    raise JobLost(job_lost_message(client, "it no longer knows the job")) from None
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     try:
         while True:
-            status = client.status(job_id)
+            status = fetch(client.status)
             state = status.get("state")
+            note = (status.get("progress") or {}).get("note")
+            if isinstance(note, str) and note and note not in notes:
+                notes.append(note)
+                if on_note:
+                    on_note(note)
             if state == "done":
                 report(1.0, "Neural style: fetching the result")
-                return client.result(job_id)
+                return fetch(client.result)
             if state == "failed":
                 raise ServerError(
                     f"The neural style job failed: {status.get('error') or 'no reason given'}"
@@ -584,6 +759,8 @@ def run_job(
                     f"{format_duration(timeout)}; it was cancelled"
                 )
             sleep(poll_interval)
+    except JobLost:
+        raise  # nothing to cancel: the server has no such job any more
     except BaseException:
         # Free the server at once on our own errors (timeout, Ctrl-C in a script); best effort.
         try:

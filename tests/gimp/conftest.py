@@ -62,6 +62,7 @@ def gimp(gimp_root: Path) -> Iterator[GimpSession]:
     (outside / "profile" / "plug-ins").mkdir(parents=True)
     shutil.copy(SHARED_IMAGES / "content" / "tubingen.jpg", outside / "content.jpg")
     shutil.copy(SHARED_IMAGES / "style" / "starry_night.jpg", outside / "style.jpg")
+    shutil.copy(SHARED_IMAGES / "style" / "the_scream.jpg", outside / "style2.jpg")
     # The recorded start command cannot work inside the chroot on purpose: the harness starts
     # the real server itself, and the "unreachable" scenario checks the plug-in's message.
     subprocess.run(

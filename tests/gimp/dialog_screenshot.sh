@@ -19,6 +19,7 @@ WORK="/tmp/nst-dialog-$$"
 mkdir -p "$ROOT$WORK/profile/plug-ins" "$(dirname "$OUT")"
 cp "$SHARED/content/tubingen.jpg" "$ROOT$WORK/content.jpg"
 cp "$SHARED/style/starry_night.jpg" "$ROOT$WORK/style.jpg"
+cp "$SHARED/style/the_scream.jpg" "$ROOT$WORK/style2.jpg"
 bash "$REPO/install/install_plugin.sh" --plugin-dir "$ROOT$WORK/profile/plug-ins" >/dev/null
 
 ENVV=(HOME=/root PATH=/usr/bin:/bin LANG=C.UTF-8 DISPLAY=:77 GIMP3_DIRECTORY="$WORK/profile"

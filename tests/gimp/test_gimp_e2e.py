@@ -31,9 +31,10 @@ pytestmark = pytest.mark.gimp
 
 def test_stylise_in_gimp(gimp: GimpSession, real_server: RealServer) -> None:
     """Success; a masked result for a selection; 16-bit precision kept; a style file instead of
-    a layer; a clean error and no new layer when no server answers."""
+    a layer; preserved colours; two styles; continuing from a result; a clean error and no new
+    layer when no server answers."""
     rc, found = gimp.run(
-        "basic,selection,unreachable,deep,float,style-file,grey",
+        "basic,selection,unreachable,deep,float,style-file,grey,preserve,two-styles,continue",
         {"NST_E2E_URL": real_server.url, "NST_E2E_DEAD_URL": f"http://127.0.0.1:{free_port()}"},
     )
     assert rc == 0, found
@@ -53,6 +54,10 @@ def test_stylise_in_gimp(gimp: GimpSession, real_server: RealServer) -> None:
     assert basic["diff_to_photo"] > 5.0
     assert basic["result_to_painting_colour"] < 0.9 * basic["photo_to_painting_colour"], basic
     assert basic["exported"]
+    # The result layer records its photo (for "continue") and the job's params.
+    assert basic["record"]["source_id"] == basic["photo_id"]
+    assert basic["record"]["source_name"] == "Photo"
+    assert basic["record"]["params"]["iterations"] == 20
     EXPORT_DIR.mkdir(parents=True, exist_ok=True)
     shutil.copy(gimp.outside / "side_by_side.png", EXPORT_DIR / "side_by_side.png")
 
@@ -60,6 +65,43 @@ def test_stylise_in_gimp(gimp: GimpSession, real_server: RealServer) -> None:
     assert selection["status"] == "success", selection["message"]
     assert selection["new_layers"] == 1 and selection["has_mask"]
     assert selection["mask_inside"] == 255 and selection["mask_outside"] == 0
+    # The selection was the job's mask too: the layer's own pixels outside it are the photo
+    # (8-bit rounding of the server's float composite: a level or two), inside they changed.
+    assert selection["outside_max_diff"] <= 3, selection
+    assert selection["outside_mean_diff"] < 0.5, selection
+    assert selection["inside_mean_diff"] > 5.0, selection
+
+    # Preserve colours: the picture's overall colour (mean chroma) stays the photo's, where the
+    # basic run cast it toward the painting's blues (about 5.6 levels here, against 1.4 with
+    # preserve on); the picture itself still changed.
+    preserve = found["preserve"]
+    assert preserve["status"] == "success", preserve["message"]
+    assert preserve["record"]["params"]["preserve_colors"] is True
+    assert preserve["diff_to_photo"] > 3.0, preserve
+    assert preserve["chroma_shift"] < 2.5, preserve
+    assert preserve["chroma_shift"] < 0.5 * basic["chroma_shift"], (preserve, basic)
+
+    # Two styles blended 50/50: both named, the blend sent, and the colours moved toward the
+    # second painting (The Scream's oranges) compared with the Starry-Night-only basic run.
+    two = found["two-styles"]
+    assert two["status"] == "success", two["message"]
+    assert two["name"] == "Neural Style (Starry Night + The Scream)"
+    assert two["record"]["params"]["style_blend"] == [50.0, 50.0]
+    assert two["result_to_scream_colour"] < basic_to_scream(found), (two, found["basic"])
+
+    # Continue from a result: the second run (2 steps only) starts from the first result, so it
+    # stays near it and far from the photo (2 steps from the photo cannot get there); the photo
+    # is still its content (recorded source) and its layer sits above the first result.
+    cont = found["continue"]
+    assert cont["status1"] == "success" and cont["first_is_result"], cont
+    assert cont["status"] == "success", cont["message"]
+    assert cont["new_layers"] == 1
+    assert cont["position"] == cont["first_position"] - 1
+    assert cont["size"] == cont["photo_size"] and cont["offsets"] == cont["photo_offsets"]
+    assert cont["record"]["source_id"] == cont["photo_id"]
+    assert cont["record"]["source_name"] == "Photo"
+    assert cont["first_to_photo"] > 5.0, cont
+    assert cont["second_to_first"] < 0.5 * cont["second_to_photo"], cont
 
     # 16-bit image: sent as a 16-bit PNG; the server answers in 16 bits, so the layer keeps
     # that precision and carries no "[8-bit result]" note (the plug-in adds one otherwise).
@@ -91,6 +133,11 @@ def test_stylise_in_gimp(gimp: GimpSession, real_server: RealServer) -> None:
     assert "Cannot reach the neural style server" in message
     assert "nst-server serve" in message  # says how to start it
     assert "Traceback" not in message
+
+
+def basic_to_scream(found: dict) -> float:
+    """Distance of the single-style (Starry Night) result's mean colour to The Scream's."""
+    return found["basic"]["result_to_scream_colour"]
 
 
 def _queue_busy(server: RealServer) -> int:

@@ -32,6 +32,9 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "seed": {"type": "integer", "default": 0, "minimum": 0, "maximum": 2**31 - 1},
         "content_weight": {"type": "number", "default": 1.0, "minimum": 0.0, "maximum": 1e6},
         "style_weight": {"type": "number", "default": 20.0, "minimum": 0.0, "maximum": 1e6},
+        "preserve_colors": {"type": "boolean", "default": False},
+        "style_scale": {"type": "number", "default": 1.0, "minimum": 0.1, "maximum": 4.0},
+        "style_blend": {"type": "array", "default": [], "minimum": 0.0, "maximum": 1e6},
     },
     "limits": {},
 }
@@ -47,6 +50,8 @@ class FakeState:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.uploads: list[dict[str, Any]] = []
         self.deleted: list[str] = []
+        #: merged into every running job's progress (e.g. scale/scales/note)
+        self.progress_extra: dict[str, Any] = {}
         self.lock = threading.Lock()
 
 
@@ -139,6 +144,7 @@ def make_handler(state: FakeState) -> type[BaseHTTPRequestHandler]:
                                 "step": step,
                                 "total": state.steps,
                                 "eta_s": float(state.steps - step),
+                                **state.progress_extra,
                             },
                         },
                     )

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import tracemalloc
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,6 +216,47 @@ def test_decoder_rejects_truncated_image_data() -> None:
         nst_client.decode_png(broken)
 
 
+def _png_with_idat(width: int, height: int, idat: bytes) -> bytes:
+    """An 8-bit RGB PNG header with arbitrary (e.g. hostile) image data."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        nst_client.PNG_SIGNATURE
+        + nst_client._chunk(b"IHDR", header)
+        + nst_client._chunk(b"IDAT", idat)
+        + nst_client._chunk(b"IEND", b"")
+    )
+
+
+def test_decoder_stops_a_decompression_bomb_at_the_pictures_size() -> None:
+    # 64 MiB of zeros compress to ~64 KB; a 4x4 picture holds 4 * (1 + 12) = 52 bytes. Without
+    # a bound, zlib.decompress would allocate all 64 MiB; with it, a few bytes more than 52.
+    packer = zlib.compressobj(9)
+    chunk = bytes(1 << 20)
+    bomb = b"".join(packer.compress(chunk) for _ in range(64)) + packer.flush()
+    assert len(bomb) < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="more than a 4x4 picture holds"):
+            nst_client.decode_png(_png_with_idat(4, 4, bomb))
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, f"decoding allocated {peak} bytes"
+
+
+def test_decoder_checks_the_expected_size_before_inflating() -> None:
+    png = nst_client.encode_png(gradient(8, 6, 3, 8))
+    assert nst_client.decode_png(png, expected_size=(8, 6)).width == 8
+    with pytest.raises(ValueError, match="8x6 px, expected 80x60 px"):
+        nst_client.decode_png(png, expected_size=(80, 60))
+
+
+def test_decoder_refuses_absurd_dimensions() -> None:
+    # A header claiming 100000 x 100000 pixels is refused before any allocation.
+    with pytest.raises(ValueError, match="over the limit"):
+        nst_client.decode_png(_png_with_idat(100_000, 100_000, zlib.compress(b"\0")))
+
+
 # ------------------------------------------------------------------ parameters
 
 
@@ -255,6 +297,56 @@ def test_explicit_values_override_presets_and_strength_sets_style_weight() -> No
         "seed": 7,
         "style_weight": pytest.approx(200.0),
     }
+
+
+def test_new_params_are_sent_only_when_not_the_servers_default() -> None:
+    schema = fake_server.PARAMS_SCHEMA
+    plain = nst_client.build_job_params(schema, preserve_colors=False, style_scale=1.0)
+    assert not {"preserve_colors", "style_scale", "style_blend"} & set(plain)
+    params = nst_client.build_job_params(
+        schema, preserve_colors=True, style_scale=2.0, style_blend=[70.0, 30.0]
+    )
+    assert params["preserve_colors"] is True
+    assert params["style_scale"] == 2.0
+    assert params["style_blend"] == [70.0, 30.0]
+    # One style needs no blend: not sent, so any server takes it.
+    assert "style_blend" not in nst_client.build_job_params(schema, style_blend=[1.0])
+    # Clamped to the server's range.
+    assert nst_client.build_job_params(schema, style_scale=9.0)["style_scale"] == 4.0
+
+
+def test_new_params_on_an_older_server_say_what_to_do() -> None:
+    old = {
+        "params": {
+            k: v
+            for k, v in fake_server.PARAMS_SCHEMA["params"].items()
+            if k not in ("preserve_colors", "style_scale", "style_blend")
+        }
+    }
+    assert "preserve_colors" not in nst_client.build_job_params(old)  # defaults still work
+    for kwargs in ({"preserve_colors": True}, {"style_scale": 2.0}, {"style_blend": [1, 1]}):
+        with pytest.raises(nst_client.NstError, match="does not support.*update it"):
+            nst_client.build_job_params(old, **kwargs)
+
+
+def test_blend_for_share() -> None:
+    assert nst_client.blend_for_share(30) == [70.0, 30.0]
+    with pytest.raises(nst_client.NstError, match="between 0 and 100"):
+        nst_client.blend_for_share(120)
+    with pytest.raises(nst_client.NstError, match="not all 0"):
+        nst_client.build_job_params(fake_server.PARAMS_SCHEMA, style_blend=[0.0, 0.0])
+
+
+def test_result_record_round_trip_and_garbage() -> None:
+    data = nst_client.encode_result_record(42, "Photo", "Starry Night", {"iterations": 5})
+    # GIMP's Parasite.get_data() gives a list of ints; both forms decode.
+    for form in (data, list(data)):
+        record = nst_client.decode_result_record(form)
+        assert record is not None
+        assert (record["source_id"], record["source_name"]) == (42, "Photo")
+        assert record["params"] == {"iterations": 5}
+    for bad in (None, b"", b"{broken", b"[1, 2]", b'{"version": 2, "source_id": 1}', b"\xff"):
+        assert nst_client.decode_result_record(bad) is None
 
 
 def test_unknown_quality_is_an_error() -> None:
@@ -318,6 +410,24 @@ def test_error_message_from_non_json_body() -> None:
             (0.25, "Neural style: step 30/120, about 1 min 36 s left"),
         ),
         ({"state": "running", "progress": {"phase": "loading"}}, (None, "Neural style: loading")),
+        (
+            {
+                "state": "running",
+                "progress": {"step": 10, "total": 40, "scale": 2, "scales": 3, "eta_s": 5},
+            },
+            (0.25, "Neural style: pass 2/3, step 10/40, about 5 s left"),
+        ),
+        (  # one scale: no "pass 1/1" noise
+            {"state": "running", "progress": {"step": 10, "total": 40, "scale": 1, "scales": 1}},
+            (0.25, "Neural style: step 10/40"),
+        ),
+        (
+            {
+                "state": "running",
+                "progress": {"phase": "preparing", "note": "processed at 1448x1086 px"},
+            },
+            (None, "Neural style: preparing (processed at 1448x1086 px)"),
+        ),
     ],
 )
 def test_progress_text(status: dict, expected: tuple) -> None:
@@ -356,6 +466,144 @@ def test_run_job_polls_reports_progress_and_returns_result(fake) -> None:
     assert texts[-1] == "Neural style: fetching the result"
     fractions = [f for f, _ in events if f is not None]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_run_job_sends_mask_and_init_and_passes_notes_on_once(fake) -> None:
+    url, state = fake
+    state.progress_extra = {"note": "processed at 48x32 px instead of 96x64: memory"}
+    notes: list[str] = []
+    mask = nst_client.encode_png(gradient(10, 6, 1, 8))
+    init = nst_client.encode_png(gradient(20, 12, 3, 8))
+    nst_client.run_job(
+        nst_client.NstClient(url),
+        nst_client.encode_png(gradient(10, 6, 3, 8)),
+        [nst_client.encode_png(gradient(5, 5, 3, 8))] * 2,
+        {"style_blend": [1, 1]},
+        poll_interval=0.01,
+        mask_png=mask,
+        init_png=init,
+        on_note=notes.append,
+    )
+    fields = {name: data for name, _, data in state.uploads[0]["fields"] if name != "style"}
+    assert fields["mask"] == mask and fields["init"] == init
+    assert [n for n, _, _ in state.uploads[0]["fields"]].count("style") == 2
+    assert notes == ["processed at 48x32 px instead of 96x64: memory"]  # 3 polls, one note
+
+
+def _lost_job_run(url: str, sleep) -> None:
+    nst_client.run_job(
+        nst_client.NstClient(url),
+        nst_client.encode_png(gradient(4, 4, 3, 8)),
+        [nst_client.encode_png(gradient(4, 4, 3, 8))],
+        None,
+        poll_interval=0.01,
+        sleep=sleep,
+    )
+
+
+def _assert_lost_message(message: str) -> None:
+    assert "stopped or restarted while working on this job" in message
+    assert "the job was lost" in message
+    assert "nst-server serve" in message and "retry" in message  # how to go on
+    assert "Traceback" not in message
+
+
+def test_run_job_server_restarted_mid_job_is_a_clear_error(fake) -> None:
+    url, state = fake
+
+    def restart(_seconds: float) -> None:  # a new server process knows no old job ids
+        with state.lock:
+            state.jobs.clear()
+
+    with pytest.raises(nst_client.JobLost) as caught:
+        _lost_job_run(url, restart)
+    _assert_lost_message(str(caught.value))
+    assert "no longer knows the job" in str(caught.value)
+    assert state.deleted == []  # nothing to cancel
+
+
+def test_run_job_server_stopped_mid_job_is_a_clear_error() -> None:
+    state = fake_server.FakeState(steps=100)
+    server = fake_server.serve(0, state)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def stop(_seconds: float) -> None:  # after the first poll, nothing listens any more
+        if thread.is_alive():
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+    with pytest.raises(nst_client.JobLost) as caught:
+        _lost_job_run(url, stop)
+    _assert_lost_message(str(caught.value))
+    assert "Cannot reach" in str(caught.value)
+
+
+def test_run_job_connection_reset_mid_job_is_a_clear_error(fake) -> None:
+    """A server killed mid-answer: the connection closes with no (or half a) response."""
+    url, _state = fake
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def slam() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+            conn.close()  # IncompleteRead on the client: not an OSError
+
+    threading.Thread(target=slam, daemon=True).start()
+    client = nst_client.NstClient(url)
+    dead = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    def switch(_seconds: float) -> None:  # the "server" now breaks every answer off
+        client.base_url = dead
+
+    try:
+        with pytest.raises(nst_client.JobLost) as caught:
+            nst_client.run_job(
+                client,
+                nst_client.encode_png(gradient(4, 4, 3, 8)),
+                [nst_client.encode_png(gradient(4, 4, 3, 8))],
+                None,
+                poll_interval=0.01,
+                sleep=switch,
+            )
+    finally:
+        stop.set()
+        listener.close()
+    _assert_lost_message(str(caught.value))
+
+
+def test_run_job_rides_over_one_refused_poll(fake) -> None:
+    """A single failed poll is retried, not reported as a lost job."""
+    url, _state = fake
+    client = nst_client.NstClient(url)
+    calls = {"n": 0}
+    real_status = client.status
+
+    def flaky(job_id: str) -> dict:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise nst_client.ServerUnreachable("Cannot reach: connection refused")
+        return real_status(job_id)
+
+    client.status = flaky  # type: ignore[method-assign]
+    png = nst_client.run_job(
+        client,
+        nst_client.encode_png(gradient(4, 4, 3, 8)),
+        [nst_client.encode_png(gradient(4, 4, 3, 8))],
+        None,
+        poll_interval=0.01,
+    )
+    assert nst_client.decode_png(png).width == 4
 
 
 def test_run_job_failed_job_raises_the_servers_message(fake) -> None:
