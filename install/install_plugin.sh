@@ -39,7 +39,10 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-if [[ ${#PLUGIN_DIRS[@]} -eq 0 ]]; then
+if [[ ${#PLUGIN_DIRS[@]} -eq 0 && "$(uname -s)" == Darwin ]]; then
+    # macOS keeps GIMP's profile elsewhere (not tested here: no Mac in this project's CI).
+    PLUGIN_DIRS+=("$HOME/Library/Application Support/GIMP/3.0/plug-ins")
+elif [[ ${#PLUGIN_DIRS[@]} -eq 0 ]]; then
     PLUGIN_DIRS+=("${XDG_CONFIG_HOME:-$HOME/.config}/GIMP/3.0/plug-ins")
     FLATPAK="$HOME/.var/app/org.gimp.GIMP/config/GIMP/3.0"
     if [[ -d "$FLATPAK" ]]; then
