@@ -10,18 +10,13 @@ code (a smooth synthetic photo and a striped 'painting'), so it needs nothing fr
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +29,7 @@ from nst_server.engine import StyleEngine  # noqa: E402
 from nst_server.images import encode_png  # noqa: E402
 from nst_server.params import StyleParams  # noqa: E402
 from tests.conftest import synthetic_painting, synthetic_photo  # noqa: E402
+from tests.live_server import LiveServer, job_form  # noqa: E402
 
 
 def step_times(engine: StyleEngine, size: int, steps: int) -> list[float]:
@@ -50,44 +46,24 @@ def step_times(engine: StyleEngine, size: int, steps: int) -> list[float]:
     return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = io.BytesIO()
-    for name, (filename, data, ctype) in fields.items():
-        body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"'.encode())
-        if filename:
-            body.write(f'; filename="{filename}"'.encode())
-        body.write(f"\r\nContent-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
-    body.write(f"--{boundary}--\r\n".encode())
-    return body.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
-def server_job(url: str, content: np.ndarray, style: np.ndarray, params: dict) -> float:
+def server_job(server: LiveServer, content: np.ndarray, style: np.ndarray, params: dict) -> float:
     """Wall time of POST /v1/jobs -> poll every 0.5 s -> GET result, as the plug-in does it."""
-    body, ctype = multipart(
-        {
-            "content": ("c.png", encode_png(content), "image/png"),
-            "style": ("s.png", encode_png(style), "image/png"),
-            "params": ("", json.dumps(params).encode(), "application/json"),
-        }
-    )
+    fields = job_form(encode_png(content), encode_png(style), params)
     started = time.perf_counter()
-    req = urllib.request.Request(url + "/v1/jobs", body, {"Content-Type": ctype})
-    job = json.load(urllib.request.urlopen(req))["id"]
+    status, _, data = server.post_form("/v1/jobs", fields)
+    if status != 202:
+        raise RuntimeError(f"job refused: HTTP {status}: {data[:300]!r}")
+    job = json.loads(data)["id"]
     while True:
-        state = json.load(urllib.request.urlopen(f"{url}/v1/jobs/{job}"))["state"]
+        state = server.get_json(f"/v1/jobs/{job}")[1]["state"]
         if state == "done":
             break
         if state in ("failed", "cancelled"):
             raise RuntimeError(f"job {state}")
         time.sleep(0.5)
-    urllib.request.urlopen(f"{url}/v1/jobs/{job}/result").read()
+    status, _, _ = server.request("GET", f"/v1/jobs/{job}/result")
+    if status != 200:
+        raise RuntimeError(f"result: HTTP {status}")
     return time.perf_counter() - started
 
 
@@ -122,28 +98,13 @@ def main() -> None:
     engine.stylize(content, [style], p)
     alone = time.perf_counter() - started
 
-    port = free_port()
-    log = Path(tempfile.mkdtemp()) / "server.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "nst_server", "serve", "--port", str(port), "--log-file", str(log)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                if json.load(urllib.request.urlopen(url + "/v1/health"))["status"] == "ok":
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        server_job(url, content, style, params)  # warm-up, as for the engine
-        through = server_job(url, content, style, params)
-    finally:
-        server.terminate()
-        server.wait(30)
+    # the server's defaults (no --abandon-after, no --queue-size), as a user would run it
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LiveServer(Path(tmp), abandon_after_s=None) as server,
+    ):
+        server_job(server, content, style, params)  # warm-up, as for the engine
+        through = server_job(server, content, style, params)
     print(
         f"\none {size} px job, {steps} L-BFGS steps, warm: engine alone {alone:.1f} s, "
         f"through HTTP + PNG + polling {through:.1f} s "

@@ -15,40 +15,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-
-from tests.reliability.fuzzing import Request, check_answer, requests  # noqa: E402
-from tests.reliability.helpers import LiveServer  # noqa: E402
+from tests.live_server import LiveServer  # noqa: E402
 from tests.reliability.test_fuzz import run_fuzz  # noqa: E402
+from tests.reliability.test_live import run_live_fuzz  # noqa: E402
 
 
 def live_fuzz(examples: int) -> dict:
-    statuses: dict[int, int] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        server = LiveServer(Path(tmp), queue_size=4).start()
-        try:
-
-            @settings(
-                max_examples=examples,
-                deadline=None,
-                database=None,
-                suppress_health_check=list(HealthCheck),
-            )
-            @given(requests(stylize=False))
-            def one(request: Request) -> None:
-                method, path, headers, body = request
-                status, head, data = server.request(method, path, body, headers, timeout=30)
-                statuses[status] = statuses.get(status, 0) + 1
-                job_id = check_answer(request, status, head.get("Content-Type", ""), data)
-                if job_id is not None:
-                    server.request("DELETE", f"/v1/jobs/{job_id}")
-
-            one()
-            alive = server.process.poll() is None
-            healthy = server.healthy()
-            memory = server.memory_kb()
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory() as tmp, LiveServer(Path(tmp), queue_size=4) as server:
+        statuses = run_live_fuzz(server, examples)
+        alive = server.process.poll() is None
+        healthy = server.healthy()
+        memory = server.memory_kb()
     return {"statuses": statuses, "alive": alive, "healthy": healthy, "memory_kb": memory}
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.reliability.helpers import TINY, LiveServer, job_form, painting, percentile  # noqa: E402
+from tests.live_server import TINY, LiveServer, job_form  # noqa: E402
+from tests.reliability.helpers import painting, percentile  # noqa: E402
 from tests.reliability.hostile import bomb_png, huge_jpeg, zlib_bomb_png  # noqa: E402
 from tests.reliability.test_live import run_clients  # noqa: E402
 

@@ -38,11 +38,21 @@ RENDERS: dict[str, tuple[str, list[str], dict, str | None, int | None]] = {
     "tubingen_starry_1024": ("tubingen", ["starry_night"], {"max_size": 1024}, None, None),
     "golden_gate_scream_512": ("golden_gate", ["the_scream"], {"max_size": 512}, None, None),
     "golden_gate_scream_1024": ("golden_gate", ["the_scream"], {"max_size": 1024}, None, None),
-    "tubingen_starry_colours": ("tubingen", ["starry_night"], {"preserve_colors": True}, None,
-                                None),
+    "tubingen_starry_colours": (
+        "tubingen",
+        ["starry_night"],
+        {"preserve_colors": True},
+        None,
+        None,
+    ),
     "tubingen_starry_masked": ("tubingen", ["starry_night"], {}, "sky", None),
-    "tubingen_blend": ("tubingen", ["starry_night", "the_scream"], {"style_blend": [1, 1]}, None,
-                       None),
+    "tubingen_blend": (
+        "tubingen",
+        ["starry_night", "the_scream"],
+        {"style_blend": [1, 1]},
+        None,
+        None,
+    ),
     "tubingen_starry_2048": ("tubingen", ["starry_night"], {"max_size": 2048}, None, 2048),
 }
 
@@ -52,8 +62,9 @@ def load(path: Path, long_side: int | None = None) -> np.ndarray:
         img = img.convert("RGB")
         if long_side:
             scale = long_side / max(img.size)
-            img = img.resize((round(img.width * scale), round(img.height * scale)),
-                             Image.Resampling.LANCZOS)
+            img = img.resize(
+                (round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS
+            )
         return np.asarray(img, np.float32) / 255.0
 
 
@@ -80,9 +91,12 @@ def render(engine: StyleEngine, name: str, out: Path, timings: dict) -> None:
         if event.phase == "optimising":
             last.update(size=event.size, note=event.note)
             if event.step % 10 == 0 or event.step == event.total:
-                print(f"  {name}: step {event.step}/{event.total} pass {event.scale}/"
-                      f"{event.scales} {event.size[0]}x{event.size[1]} px, "
-                      f"{event.elapsed_s:.0f} s", flush=True)
+                print(
+                    f"  {name}: step {event.step}/{event.total} pass {event.scale}/"
+                    f"{event.scales} {event.size[0]}x{event.size[1]} px, "
+                    f"{event.elapsed_s:.0f} s",
+                    flush=True,
+                )
 
     started = time.perf_counter()
     result = engine.stylize(photo, paintings, params, progress, mask=mask)
@@ -102,16 +116,24 @@ def contact_sheet(out: Path, sheet: Path) -> None:
     """Rows of (label, image) tiles, 240 px high."""
     height, pad = 240, 6
     rows = [
-        [("photo", SHARED / PHOTOS["tubingen"]), ("painting", SHARED / PAINTINGS["starry_night"]),
-         ("defaults, 512 px", out / "tubingen_starry_512.jpg"),
-         ("defaults, 1024 px", out / "tubingen_starry_1024.jpg")],
-        [("photo", SHARED / PHOTOS["golden_gate"]), ("painting", SHARED / PAINTINGS["the_scream"]),
-         ("defaults, 512 px", out / "golden_gate_scream_512.jpg"),
-         ("defaults, 1024 px", out / "golden_gate_scream_1024.jpg")],
-        [("colours preserved", out / "tubingen_starry_colours.jpg"),
-         ("masked: sky only", out / "tubingen_starry_masked.jpg"),
-         ("two paintings blended", out / "tubingen_blend.jpg"),
-         ("2048 px, crop", out / "tubingen_starry_2048.jpg")],
+        [
+            ("photo", SHARED / PHOTOS["tubingen"]),
+            ("painting", SHARED / PAINTINGS["starry_night"]),
+            ("defaults, 512 px", out / "tubingen_starry_512.jpg"),
+            ("defaults, 1024 px", out / "tubingen_starry_1024.jpg"),
+        ],
+        [
+            ("photo", SHARED / PHOTOS["golden_gate"]),
+            ("painting", SHARED / PAINTINGS["the_scream"]),
+            ("defaults, 512 px", out / "golden_gate_scream_512.jpg"),
+            ("defaults, 1024 px", out / "golden_gate_scream_1024.jpg"),
+        ],
+        [
+            ("colours preserved", out / "tubingen_starry_colours.jpg"),
+            ("masked: sky only", out / "tubingen_starry_masked.jpg"),
+            ("two paintings blended", out / "tubingen_blend.jpg"),
+            ("2048 px, crop", out / "tubingen_starry_2048.jpg"),
+        ],
     ]
     tiles = []
     for row in rows:
@@ -122,10 +144,12 @@ def contact_sheet(out: Path, sheet: Path) -> None:
             img = Image.open(path).convert("RGB")
             if label.endswith("crop"):  # full-resolution detail of the 2048 px result
                 img = img.crop((1100, 500, 1100 + 427, 500 + 320))
-            img = img.resize((round(img.width * height / img.height), height),
-                             Image.Resampling.LANCZOS)
-            ImageDraw.Draw(img).text((6, 4), label, fill="white", stroke_width=2,
-                                     stroke_fill="black")
+            img = img.resize(
+                (round(img.width * height / img.height), height), Image.Resampling.LANCZOS
+            )
+            ImageDraw.Draw(img).text(
+                (6, 4), label, fill="white", stroke_width=2, stroke_fill="black"
+            )
             line.append(img)
         tiles.append(line)
     width = max(sum(t.width for t in line) + pad * (len(line) - 1) for line in tiles if line)

@@ -9,12 +9,13 @@ import re
 
 import numpy as np
 import pytest
-from conftest import FakeEngine, png_bytes, raw_png, rgb_image, wait_for
 from PIL import Image
 
 import nst_server
 from nst_server.api import create_app, get_queue
 from nst_server.params import StyleParams
+from tests.api.helpers import png_bytes, raw_png, rgb_image
+from tests.fake_engine import FakeEngine, wait_for
 
 PNG = png_bytes(rgb_image(40, 32))
 STYLE_PNG = png_bytes(rgb_image(24, 24))
@@ -228,7 +229,7 @@ def test_default_params_are_the_devices(client, fake_engine) -> None:
 
 
 def test_result_while_running_is_409_and_delete_cancels(make_app) -> None:
-    engine = FakeEngine(mode="slow", step_s=0.02)
+    engine = FakeEngine(step_s=0.02)
     client = make_app(engine).test_client()
     job_id = post_job(client, params={"iterations": 5000}).get_json()["id"]
     wait_for(lambda: engine.steps_done >= 1)
@@ -251,7 +252,7 @@ def test_failed_job_result_names_the_error(make_app) -> None:
 
 
 def test_preview_before_the_first_step_is_409(make_app) -> None:
-    engine = FakeEngine(mode="slow", step_s=0.05)
+    engine = FakeEngine(step_s=0.05)
     client = make_app(engine).test_client()
     first = post_job(client, params={"iterations": 5000}).get_json()["id"]
     second = post_job(client).get_json()["id"]
@@ -260,7 +261,7 @@ def test_preview_before_the_first_step_is_409(make_app) -> None:
 
 
 def test_abandoned_job_is_cancelled(make_app) -> None:
-    engine = FakeEngine(mode="slow", step_s=0.02)
+    engine = FakeEngine(step_s=0.02)
     client = make_app(engine, ABANDON_AFTER_S=0.3).test_client()
     job_id = post_job(client, params={"iterations": 5000}).get_json()["id"]
     queue = get_queue(client.application)
@@ -270,7 +271,7 @@ def test_abandoned_job_is_cancelled(make_app) -> None:
 
 
 def test_full_queue_is_429_with_retry_after(make_app) -> None:
-    engine = FakeEngine(mode="slow", step_s=0.05)
+    engine = FakeEngine(step_s=0.05)
     client = make_app(engine, QUEUE_SIZE=1, RETRY_AFTER_S=7).test_client()
     running = post_job(client, params={"iterations": 5000}).get_json()["id"]
     wait_for(lambda: engine.steps_done >= 1)
@@ -301,7 +302,7 @@ def test_stylize_failure_is_json(make_app) -> None:
 
 
 def test_stylize_cancels_its_job_when_the_client_disconnects(make_app) -> None:
-    engine = FakeEngine(mode="slow", step_s=0.02)
+    engine = FakeEngine(step_s=0.02)
     client = make_app(engine).test_client()
     gone = {"now": False}
 

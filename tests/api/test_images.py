@@ -9,7 +9,6 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import bomb_png, png_bytes, png_chunk, raw_png, rgb_image
 from PIL import Image, ImageFile
 
 from nst_server.images import (
@@ -22,6 +21,7 @@ from nst_server.images import (
     load_image_file,
     thumbnail_png,
 )
+from tests.api.helpers import bomb_png, png_bytes, png_chunk, raw_png, rgb_image
 
 MP = 1_000_000
 

@@ -10,11 +10,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import FakeEngine, wait_for
 from PIL import Image
 
 from nst_server.jobs import JobQueue, QueueFull
 from nst_server.params import StyleParams
+from tests.fake_engine import FakeEngine, wait_for
 
 CONTENT = np.full((12, 16, 3), 0.25, np.float32)
 STYLE = np.full((8, 8, 3), 0.75, np.float32)
@@ -87,7 +87,7 @@ def test_16_bit_input_gives_a_16_bit_result(make_queue) -> None:
 
 
 def test_queued_jobs_report_their_position_and_a_full_queue_refuses(make_queue) -> None:
-    engine = FakeEngine(mode="slow", step_s=0.05)
+    engine = FakeEngine(step_s=0.05)
     queue = make_queue(engine, capacity=2)
     running = queue.submit(CONTENT, [STYLE], params(100))
     wait_for(lambda: queue.snapshot(running.id)["state"] == "running")
@@ -101,7 +101,7 @@ def test_queued_jobs_report_their_position_and_a_full_queue_refuses(make_queue) 
 
 
 def test_cancelling_a_running_job_stops_it_within_a_step_and_frees_the_worker(make_queue) -> None:
-    engine = FakeEngine(mode="slow", step_s=0.02)
+    engine = FakeEngine(step_s=0.02)
     queue = make_queue(engine)
     job = queue.submit(CONTENT, [STYLE], params(5000))
     wait_for(lambda: engine.steps_done >= 2, what="job running")
@@ -109,13 +109,13 @@ def test_cancelling_a_running_job_stops_it_within_a_step_and_frees_the_worker(ma
     snap = wait_for(lambda: finished(queue, job.id))
     assert snap["state"] == "cancelled" and "cancelled by the client" in snap["error"]
     assert engine.steps_done < 50
-    engine.mode = "ok"
+    engine.step_s = 0.0  # the next job runs at full speed
     nxt = queue.submit(CONTENT, [STYLE], params(2))
     assert wait_for(lambda: finished(queue, nxt.id))["state"] == "done"
 
 
 def test_cancelling_a_queued_job_removes_it_without_running(make_queue) -> None:
-    engine = FakeEngine(mode="slow", step_s=0.02)
+    engine = FakeEngine(step_s=0.02)
     queue = make_queue(engine)
     blocker = queue.submit(CONTENT, [STYLE], params(5000))
     wait_for(lambda: queue.snapshot(blocker.id)["state"] == "running")
@@ -137,7 +137,7 @@ def test_cancel_of_a_finished_job_leaves_it_done(make_queue) -> None:
 
 
 def test_abandoned_running_and_queued_jobs_are_cancelled(make_queue) -> None:
-    engine = FakeEngine(mode="slow", step_s=0.02)
+    engine = FakeEngine(step_s=0.02)
     queue = make_queue(engine, abandon_after_s=0.3)
     running = queue.submit(CONTENT, [STYLE], params(5000))
     waiting = queue.submit(CONTENT, [STYLE], params(5))
@@ -149,7 +149,7 @@ def test_abandoned_running_and_queued_jobs_are_cancelled(make_queue) -> None:
 
 
 def test_polling_keeps_a_job_alive(make_queue) -> None:
-    engine = FakeEngine(mode="slow", step_s=0.02)
+    engine = FakeEngine(step_s=0.02)
     queue = make_queue(engine, abandon_after_s=0.3)
     job = queue.submit(CONTENT, [STYLE], params(40))  # ~0.8 s, longer than abandon_after_s
     snap = wait_for(lambda: finished(queue, job.id), 5)  # finished() polls, with touch
@@ -252,7 +252,7 @@ def test_preview_is_a_small_png_of_the_latest_iterate(make_queue) -> None:
 
 
 def test_no_preview_before_the_first_step(make_queue) -> None:
-    engine = FakeEngine(mode="slow", step_s=0.02)
+    engine = FakeEngine(step_s=0.02)
     queue = make_queue(engine)
     blocker = queue.submit(CONTENT, [STYLE], params(5000))
     waiting = queue.submit(CONTENT, [STYLE], params(1))

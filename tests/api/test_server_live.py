@@ -8,157 +8,40 @@ One server for the module (TensorFlow import + network build take ~10-15 s); job
 from __future__ import annotations
 
 import functools
-import http.client
 import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import bomb_png, png_bytes, raw_png, rgb_image
 from PIL import Image
 
 from nst_server.images import encode_png
+from tests.api.helpers import bomb_png, png_bytes, raw_png, rgb_image
+from tests.live_server import LiveServer, job_form, multipart
 
-REPO = Path(__file__).resolve().parents[2]
 UPLOAD_LIMIT = 2_000_000  # bytes, set through NST_MAX_CONTENT_LENGTH
 ABANDON_AFTER_S = 2.0
-TINY = {"iterations": 3, "max_size": 64}
-
-
-class Server:
-    def __init__(self, port: int, log_file: Path, process: subprocess.Popen) -> None:
-        self.port = port
-        self.log_file = log_file
-        self.process = process
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = 60.0,
-    ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, response.headers, response.read()
-        finally:
-            conn.close()
-
-    def get_json(self, path: str) -> tuple[int, dict]:
-        status, _, data = self.request("GET", path)
-        return status, json.loads(data)
-
-    def post_form(
-        self, path: str, fields: list[tuple[str, str | None, bytes]], timeout: float = 60.0
-    ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        body, content_type = multipart(fields)
-        return self.request("POST", path, body, {"Content-Type": content_type}, timeout)
-
-    def log_text(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-
-
-def multipart(fields: list[tuple[str, str | None, bytes]]) -> tuple[bytes, str]:
-    """multipart/form-data: (name, filename or None for a plain field, bytes)."""
-    boundary = uuid.uuid4().hex
-    out = io.BytesIO()
-    for name, filename, data in fields:
-        out.write(f"--{boundary}\r\n".encode())
-        disposition = f'form-data; name="{name}"'
-        if filename is not None:
-            disposition += f'; filename="{filename}"'
-        out.write(f"Content-Disposition: {disposition}\r\n".encode())
-        if filename is not None:
-            out.write(b"Content-Type: application/octet-stream\r\n")
-        out.write(b"\r\n" + data + b"\r\n")
-    out.write(f"--{boundary}--\r\n".encode())
-    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
-def job_form(
-    content: bytes, style: bytes, params: dict | str | None = TINY
-) -> list[tuple[str, str | None, bytes]]:
-    fields: list[tuple[str, str | None, bytes]] = [
-        ("content", "content.png", content),
-        ("style", "style.png", style),
-    ]
-    if params is not None:
-        text = params if isinstance(params, str) else json.dumps(params)
-        fields.append(("params", None, text.encode()))
-    return fields
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("live")
-    port, log_file = free_port(), tmp / "server.log"
-    env = {
-        **os.environ,
-        "NST_MAX_CONTENT_LENGTH": str(UPLOAD_LIMIT),
-        "PYTHONPATH": str(REPO),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "nst_server",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-file",
-        str(log_file),
-        "--abandon-after",
-        str(ABANDON_AFTER_S),
-    ]
-    stderr = open(tmp / "stderr.txt", "wb")  # noqa: SIM115 - closed in teardown
-    process = subprocess.Popen(command, cwd=tmp, env=env, stdout=stderr, stderr=stderr)
-    srv = Server(port, log_file, process)
-    deadline = time.monotonic() + 180
+def server(tmp_path_factory) -> Iterator[LiveServer]:
+    srv = LiveServer(
+        tmp_path_factory.mktemp("live"),
+        abandon_after_s=ABANDON_AFTER_S,
+        env={"NST_MAX_CONTENT_LENGTH": str(UPLOAD_LIMIT)},
+    )
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"server exited with {process.returncode}:\n"
-                    + (tmp / "stderr.txt").read_text(errors="replace")[-3000:]
-                )
-            try:
-                status, body = srv.get_json("/v1/health")
-                if status == 200 and body["status"] == "ok":
-                    break
-                assert body["status"] != "error", body
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("server not healthy after 180 s:\n" + srv.log_text()[-3000:])
-            time.sleep(0.25)
+        try:
+            srv.start()
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
         yield srv
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        stderr.close()
+        srv.stop()
 
 
 @functools.cache
@@ -173,31 +56,6 @@ def painting_png() -> bytes:
     return png_bytes(Image.fromarray(np.clip(stripes, 0, 255).astype(np.uint8)))
 
 
-def wait_state(
-    server: Server, job_id: str, states: tuple[str, ...], timeout: float = 60.0, what: str = ""
-) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, body = server.get_json(f"/v1/jobs/{job_id}")
-        assert status == 200, body
-        if body["state"] in states or (what == "step" and body["progress"].get("step", 0) >= 1):
-            return body
-        time.sleep(0.1)
-    pytest.fail(
-        f"job {job_id} not {states} after {timeout} s: {body}\n" + server.log_text()[-2000:]
-    )
-
-
-def wait_worker_free(server: Server, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        queue = server.get_json("/v1/health")[1]["queue"]
-        if queue["running"] == 0 and queue["queued"] == 0:
-            return
-        time.sleep(0.1)
-    pytest.fail("the worker stayed busy")
-
-
 def assert_json_error(
     status: int, headers, data: bytes, expected: int, code: str, *words: str
 ) -> None:
@@ -210,7 +68,7 @@ def assert_json_error(
     assert "Traceback" not in body["error"]["message"]
 
 
-def assert_healthy(server: Server) -> None:
+def assert_healthy(server: LiveServer) -> None:
     status, body = server.get_json("/v1/health")
     assert status == 200 and body["status"] == "ok"
 
@@ -218,7 +76,7 @@ def assert_healthy(server: Server) -> None:
 # --- tests ------------------------------------------------------------------------------------
 
 
-def test_health_names_the_real_engine_and_the_log(server: Server) -> None:
+def test_health_names_the_real_engine_and_the_log(server: LiveServer) -> None:
     status, body = server.get_json("/v1/health")
     assert status == 200
     assert body["backbone"] == "VGG19" and body["device"] in ("cpu", "gpu")
@@ -230,12 +88,12 @@ def test_health_names_the_real_engine_and_the_log(server: Server) -> None:
     assert params["limits"]["max_upload_bytes"] == UPLOAD_LIMIT
 
 
-def test_create_poll_result(server: Server) -> None:
+def test_create_poll_result(server: LiveServer) -> None:
     status, headers, data = server.post_form("/v1/jobs", job_form(photo_png(), painting_png()))
     assert status == 202, data
     job_id = json.loads(data)["id"]
     assert headers["Location"] == f"/v1/jobs/{job_id}"
-    body = wait_state(server, job_id, ("done", "failed", "cancelled"))
+    body = server.wait_state(job_id, ("done", "failed", "cancelled"))
     assert body["state"] == "done", body
     assert body["progress"]["step"] == 3 and body["progress"]["total"] == 3
     assert set(body["progress"]["losses"]) >= {"content", "style", "tv", "total"}
@@ -250,7 +108,9 @@ def test_create_poll_result(server: Server) -> None:
     assert status == 200 and headers["Content-Type"] == "image/png"
 
 
-def test_16_bit_rgba_content_gives_16_bit_rgba_result_with_alpha_untouched(server: Server) -> None:
+def test_16_bit_rgba_content_gives_16_bit_rgba_result_with_alpha_untouched(
+    server: LiveServer,
+) -> None:
     y, x = np.mgrid[0:48, 0:64].astype(np.float32)
     rgba = np.stack([x / 64, y / 48, (x + y) / 112, np.clip(x / 40, 0, 1)], axis=2)
     status, headers, png = server.post_form(
@@ -267,7 +127,7 @@ def test_16_bit_rgba_content_gives_16_bit_rgba_result_with_alpha_untouched(serve
 
 @pytest.mark.parametrize(("content_mode", "style_fmt"), [("P", "CMYK"), ("LA", "L")])
 def test_palette_cmyk_la_and_greyscale_are_converted(
-    server: Server, content_mode: str, style_fmt: str
+    server: LiveServer, content_mode: str, style_fmt: str
 ) -> None:
     content = png_bytes(rgb_image(64, 48).convert(content_mode))
     buf = io.BytesIO()
@@ -279,24 +139,24 @@ def test_palette_cmyk_la_and_greyscale_are_converted(
         assert image.mode == ("RGBA" if content_mode == "LA" else "RGB")
 
 
-def test_cancel_of_a_running_job_frees_the_worker(server: Server) -> None:
+def test_cancel_of_a_running_job_frees_the_worker(server: LiveServer) -> None:
     status, _, data = server.post_form(
         "/v1/jobs", job_form(photo_png(), painting_png(), {"iterations": 5000, "max_size": 64})
     )
     job_id = json.loads(data)["id"]
-    wait_state(server, job_id, ("failed", "cancelled", "done"), what="step")
+    server.wait_state(job_id, ("failed", "cancelled", "done"), min_step=1)
     status, _, data = server.request("DELETE", f"/v1/jobs/{job_id}")
     assert status in (200, 202)
-    body = wait_state(server, job_id, ("cancelled", "failed", "done"), timeout=15)
+    body = server.wait_state(job_id, ("cancelled", "failed", "done"), timeout=15)
     assert body["state"] == "cancelled"
     assert body["progress"]["step"] < 200
     status, _, data = server.post_form("/v1/jobs", job_form(photo_png(), painting_png()))
-    body = wait_state(server, json.loads(data)["id"], ("done", "failed", "cancelled"))
+    body = server.wait_state(json.loads(data)["id"], ("done", "failed", "cancelled"))
     assert body["state"] == "done"
 
 
-def test_abandoned_job_is_cancelled(server: Server) -> None:
-    wait_worker_free(server)
+def test_abandoned_job_is_cancelled(server: LiveServer) -> None:
+    server.wait_idle()
     status, _, data = server.post_form(
         "/v1/jobs", job_form(photo_png(), painting_png(), {"iterations": 5000, "max_size": 64})
     )
@@ -311,15 +171,15 @@ def test_abandoned_job_is_cancelled(server: Server) -> None:
     assert body["state"] == "cancelled" and "abandoned" in body["error"], body
 
 
-def test_stylize_returns_a_png(server: Server) -> None:
+def test_stylize_returns_a_png(server: LiveServer) -> None:
     status, headers, png = server.post_form("/v1/stylize", job_form(photo_png(), painting_png()))
     assert status == 200 and headers["Content-Type"] == "image/png"
     with Image.open(io.BytesIO(png)) as image:
         assert image.size == (64, 48)
 
 
-def test_stylize_cancels_its_job_when_the_client_hangs_up(server: Server) -> None:
-    wait_worker_free(server)
+def test_stylize_cancels_its_job_when_the_client_hangs_up(server: LiveServer) -> None:
+    server.wait_idle()
     body, content_type = multipart(
         job_form(photo_png(), painting_png(), {"iterations": 5000, "max_size": 64})
     )
@@ -334,7 +194,7 @@ def test_stylize_cancels_its_job_when_the_client_hangs_up(server: Server) -> Non
         assert time.monotonic() < deadline, "the stylize job never started"
         time.sleep(0.1)
     sock.close()
-    wait_worker_free(server, timeout=15)  # 5000 steps would take minutes
+    server.wait_idle(timeout=15)  # 5000 steps would take minutes
     assert "client disconnected" in server.log_text() or "went away" in server.log_text()
 
 
@@ -359,27 +219,29 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_a_4xx_json_and_the_server_keeps_serving(server: Server, case: str) -> None:
+def test_bad_input_is_a_4xx_json_and_the_server_keeps_serving(
+    server: LiveServer, case: str
+) -> None:
     fields, expected, code = BAD_INPUTS[case]
     status, headers, data = server.post_form("/v1/jobs", fields)
     assert_json_error(status, headers, data, expected, code)
     assert_healthy(server)
 
 
-def test_decompression_bomb(server: Server) -> None:
+def test_decompression_bomb(server: LiveServer) -> None:
     status, headers, data = server.post_form("/v1/jobs", job_form(photo_png(), bomb_png()))
     assert_json_error(status, headers, data, 413, "too_large", "style")
     assert_healthy(server)
 
 
-def test_oversized_upload_is_413_naming_the_limit(server: Server) -> None:
+def test_oversized_upload_is_413_naming_the_limit(server: LiveServer) -> None:
     blob = os.urandom(UPLOAD_LIMIT + 100_000)
     status, headers, data = server.post_form("/v1/jobs", job_form(blob, painting_png()))
     assert_json_error(status, headers, data, 413, "too_large", str(UPLOAD_LIMIT))
     assert_healthy(server)
 
 
-def test_unknown_id_and_route(server: Server) -> None:
+def test_unknown_id_and_route(server: LiveServer) -> None:
     for method, path in (
         ("GET", f"/v1/jobs/{'0' * 32}"),
         ("GET", f"/v1/jobs/{'0' * 32}/result"),

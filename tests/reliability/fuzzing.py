@@ -19,7 +19,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.reliability.helpers import gradient, multipart, painting, png
+from tests.live_server import multipart
+from tests.reliability.helpers import gradient, painting, png
 from tests.reliability.hostile import hostile_images
 
 Request = tuple[str, str, dict[str, str], bytes]

@@ -20,7 +20,9 @@ import nst_server.jobs as jobs_module
 from nst_server.api import create_app, get_queue
 from nst_server.jobs import JobQueue
 from nst_server.params import StyleParams
-from tests.reliability.helpers import GatedEngine, gradient, multipart, painting, png
+from tests.fake_engine import FakeEngine, wait_for
+from tests.live_server import multipart
+from tests.reliability.helpers import gradient, painting, png
 
 CONTENT = np.asarray(gradient(40, 32), np.float32) / 255
 STYLE = np.asarray(gradient(24, 24), np.float32) / 255
@@ -28,16 +30,6 @@ STYLE = np.asarray(gradient(24, 24), np.float32) / 255
 
 def params(iterations: int) -> StyleParams:
     return StyleParams.from_mapping({"iterations": iterations, "max_size": 64}, "cpu")
-
-
-def wait(predicate, timeout: float = 10.0, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.005)
-    pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
 
 
 def final(queue: JobQueue, job_id: str) -> dict | None:
@@ -54,7 +46,7 @@ def queue_of():
         queue = JobQueue(engine, **kwargs)
         queues.append(queue)
         queue.start()
-        wait(lambda: engine.loaded or queue.status == "ok", what="the engine loaded")
+        wait_for(lambda: engine.loaded or queue.status == "ok", 10, "the engine loaded")
         return queue
 
     yield make
@@ -62,10 +54,10 @@ def queue_of():
         queue.close()
 
 
-def assert_worker_free(queue: JobQueue, engine: GatedEngine) -> None:
+def assert_worker_free(queue: JobQueue, engine: FakeEngine) -> None:
     """The next job runs and finishes: nothing was left holding the worker."""
     job = queue.submit(CONTENT, [STYLE], params(2))
-    snap = wait(lambda: final(queue, job.id), 10, "the next job")
+    snap = wait_for(lambda: final(queue, job.id), 10, "the next job")
     assert snap["state"] == "done", snap
 
 
@@ -73,7 +65,7 @@ def assert_worker_free(queue: JobQueue, engine: GatedEngine) -> None:
 
 
 def test_cancel_while_queued(queue_of) -> None:
-    engine = GatedEngine()
+    engine = FakeEngine(step_s=0.01)
     queue = queue_of(engine)
     engine.hold("preparing")
     first = queue.submit(CONTENT, [STYLE], params(2))
@@ -83,13 +75,14 @@ def test_cancel_while_queued(queue_of) -> None:
     snap = queue.cancel(second.id)
     assert snap["state"] == "cancelled"  # at once: it never reaches the worker
     engine.release()
-    assert wait(lambda: final(queue, first.id))["state"] == "done"  # the other job is unharmed
+    # the other job is unharmed
+    assert wait_for(lambda: final(queue, first.id), 10)["state"] == "done"
     assert engine.steps_done == 2
     assert_worker_free(queue, engine)
 
 
 def test_cancel_while_loading(queue_of) -> None:
-    engine = GatedEngine()
+    engine = FakeEngine(step_s=0.01)
     queue = queue_of(engine)
     engine.loaded = False  # as after an idle unload: the next job loads the network first
     engine.hold("loading")
@@ -98,7 +91,7 @@ def test_cancel_while_loading(queue_of) -> None:
     assert queue.snapshot(job.id)["progress"]["phase"] == "loading"
     queue.cancel(job.id)
     engine.release()
-    snap = wait(lambda: final(queue, job.id))
+    snap = wait_for(lambda: final(queue, job.id), 10)
     assert snap["state"] == "cancelled" and snap["error"] == "cancelled by the client"
     assert engine.steps_done == 0  # the optimisation never started
     assert_worker_free(queue, engine)
@@ -106,23 +99,23 @@ def test_cancel_while_loading(queue_of) -> None:
 
 @pytest.mark.parametrize("phase", ["preparing", "optimising"])
 def test_cancel_while_preparing_or_optimising_stops_within_one_step(queue_of, phase) -> None:
-    engine = GatedEngine()
+    engine = FakeEngine(step_s=0.01)
     queue = queue_of(engine)
     engine.hold(phase)
     job = queue.submit(CONTENT, [STYLE], params(1000))
     assert engine.reached.wait(5)
-    wait(lambda: queue.snapshot(job.id)["progress"]["phase"] == phase, 5, phase)
+    wait_for(lambda: queue.snapshot(job.id)["progress"]["phase"] == phase, 5, phase)
     steps_at_cancel = engine.steps_done
     queue.cancel(job.id)
     engine.release()
-    snap = wait(lambda: final(queue, job.id))
+    snap = wait_for(lambda: final(queue, job.id), 10)
     assert snap["state"] == "cancelled"
     assert engine.steps_done <= steps_at_cancel + 1  # within one step
     assert_worker_free(queue, engine)
 
 
 def test_cancel_while_encoding_discards_the_result(queue_of, monkeypatch) -> None:
-    engine = GatedEngine()
+    engine = FakeEngine(step_s=0.01)
     queue = queue_of(engine)
     reached, gate = threading.Event(), threading.Event()
     real_encode = jobs_module.encode_png
@@ -138,7 +131,7 @@ def test_cancel_while_encoding_discards_the_result(queue_of, monkeypatch) -> Non
     assert queue.snapshot(job.id)["progress"]["phase"] == "encoding"
     queue.cancel(job.id)
     gate.set()
-    snap = wait(lambda: final(queue, job.id))
+    snap = wait_for(lambda: final(queue, job.id), 10)
     assert snap["state"] == "cancelled" and job.result is None
     monkeypatch.setattr(jobs_module, "encode_png", real_encode)
     assert_worker_free(queue, engine)
@@ -148,11 +141,11 @@ def test_cancel_while_encoding_discards_the_result(queue_of, monkeypatch) -> Non
 
 
 def test_a_client_that_stops_polling_is_cancelled_and_frees_the_worker(queue_of) -> None:
-    engine = GatedEngine(step_s=0.01)
+    engine = FakeEngine(step_s=0.01)
     queue = queue_of(engine, abandon_after_s=0.3)
     job = queue.submit(CONTENT, [STYLE], params(5000))
     started = time.monotonic()
-    wait(lambda: queue.stats()["running"] == 0 and final(queue, job.id), 10, "abandonment")
+    wait_for(lambda: queue.stats()["running"] == 0 and final(queue, job.id), 10, "abandonment")
     snap = queue.snapshot(job.id, touch=False)
     assert snap["state"] == "cancelled" and "abandoned" in snap["error"]
     assert time.monotonic() - started < 0.3 + 2.0  # abandon time + housekeeping tick + a step
@@ -160,7 +153,7 @@ def test_a_client_that_stops_polling_is_cancelled_and_frees_the_worker(queue_of)
 
 
 def test_a_polling_client_is_not_cancelled_while_another_walks_away(queue_of) -> None:
-    engine = GatedEngine(step_s=0.005)
+    engine = FakeEngine(step_s=0.005)
     queue = queue_of(engine, abandon_after_s=0.3)
     walker = queue.submit(CONTENT, [STYLE], params(5000))
     kept = queue.submit(CONTENT, [STYLE], params(150))  # ~0.75 s once it runs
@@ -177,7 +170,7 @@ def waitress_app():
     """The app under a real waitress server in this process, on a free 127.0.0.1 port."""
     import waitress
 
-    engine = GatedEngine(step_s=0.01)
+    engine = FakeEngine(step_s=0.01)
     app = create_app({"ENGINE": engine, "ABANDON_AFTER_S": 0})
     server = waitress.create_server(
         app, host="127.0.0.1", port=0, threads=4, channel_request_lookahead=4
@@ -206,9 +199,9 @@ def test_stylize_client_hanging_up_cancels_within_a_step(waitress_app) -> None:
         f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
-    wait(lambda: engine.steps_done > 3, 10, "the job started")
+    wait_for(lambda: engine.steps_done > 3, 10, "the job started")
     sock.close()
-    wait(lambda: queue.stats()["running"] == 0, 5, "the worker freed")
+    wait_for(lambda: queue.stats()["running"] == 0, 5, "the worker freed")
     steps = engine.steps_done
     time.sleep(0.1)
     assert engine.steps_done == steps  # nothing runs any more
@@ -221,11 +214,11 @@ def test_stylize_client_hanging_up_cancels_within_a_step(waitress_app) -> None:
 
 def test_raw_resource_exhausted_fails_the_job_and_the_server_keeps_serving(queue_of) -> None:
     tf = pytest.importorskip("tensorflow")
-    engine = GatedEngine()
+    engine = FakeEngine(step_s=0.01)
     queue = queue_of(engine)
     engine.fail_with = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating")
     job = queue.submit(CONTENT, [STYLE], params(5))
-    snap = wait(lambda: final(queue, job.id))
+    snap = wait_for(lambda: final(queue, job.id), 10)
     assert snap["state"] == "failed" and snap["error_code"] == "out_of_memory"
     assert "out of memory" in snap["error"] and "max_size" in snap["error"]
     engine.fail_with = None
@@ -233,7 +226,7 @@ def test_raw_resource_exhausted_fails_the_job_and_the_server_keeps_serving(queue
 
 
 def test_out_of_memory_through_the_api_is_a_readable_failure(monkeypatch) -> None:
-    engine = GatedEngine()
+    engine = FakeEngine(step_s=0.01)
     engine.fail_with = MemoryError()
     app = create_app({"ENGINE": engine})
     client = app.test_client()
@@ -245,8 +238,9 @@ def test_out_of_memory_through_the_api_is_a_readable_failure(monkeypatch) -> Non
         response = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
         assert response.status_code == 202
         job_id = response.get_json()["id"]
-        body = wait(
-            lambda: (b := client.get(f"/v1/jobs/{job_id}").get_json())["state"] == "failed" and b
+        body = wait_for(
+            lambda: (b := client.get(f"/v1/jobs/{job_id}").get_json())["state"] == "failed" and b,
+            10,
         )
         assert "out of memory" in body["error"]
         result = client.get(f"/v1/jobs/{job_id}/result")
@@ -277,8 +271,8 @@ def test_real_engine_out_of_memory_in_a_step_fails_the_job_then_serves_again(
     content = np.asarray(gradient(64, 48), np.float32) / 255
     style = np.asarray(gradient(48, 48), np.float32) / 255
     job = queue.submit(content, [style], params(2))
-    snap = wait(lambda: final(queue, job.id), 60)
+    snap = wait_for(lambda: final(queue, job.id), 60)
     assert snap["state"] == "failed" and "out of memory" in snap["error"], snap
     nxt = queue.submit(content, [style], params(2))
-    snap = wait(lambda: final(queue, nxt.id), 60)
+    snap = wait_for(lambda: final(queue, nxt.id), 60)
     assert snap["state"] == "done", snap

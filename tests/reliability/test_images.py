@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from nst_server.api import create_app, get_queue
-from tests.reliability.helpers import GatedEngine, gradient, painting, png
+from tests.fake_engine import FakeEngine
+from tests.reliability.helpers import gradient, painting, png
 from tests.reliability.hostile import H, W, bomb_png, hostile_images
 
 CASES = hostile_images()
@@ -19,7 +20,7 @@ CASES = hostile_images()
 
 @pytest.fixture(scope="module")
 def client():
-    app = create_app({"ENGINE": GatedEngine(step_s=0), "ABANDON_AFTER_S": 0})
+    app = create_app({"ENGINE": FakeEngine(), "ABANDON_AFTER_S": 0})
     yield app.test_client()
     get_queue(app).close()
 

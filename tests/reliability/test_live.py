@@ -15,13 +15,11 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from tests.live_server import TINY, LiveServer, job_form
 from tests.reliability.fuzzing import Request, check_answer, requests
 from tests.reliability.helpers import (
-    TINY,
-    LiveServer,
     identity_content,
     import_nst_client,
-    job_form,
     painting,
     percentile,
     result_identity,
@@ -42,11 +40,14 @@ def server(tmp_path_factory) -> Iterator[LiveServer]:
         srv.stop()
 
 
-def test_fuzz_against_the_real_server(server: LiveServer) -> None:
-    counts = {"sent": 0}
+def run_live_fuzz(server: LiveServer, examples: int) -> dict[int, int]:
+    """Send ``examples`` generated requests (no /v1/stylize: the real engine is slow) to the
+    server; raise on any answer that breaks the rules (fuzzing.check_answer). Returns how many
+    answers had each status."""
+    statuses: dict[int, int] = {}
 
     @settings(
-        max_examples=LIVE_FUZZ_EXAMPLES,
+        max_examples=examples,
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
@@ -55,13 +56,18 @@ def test_fuzz_against_the_real_server(server: LiveServer) -> None:
     def one(request: Request) -> None:
         method, path, headers, body = request
         status, head, data = server.request(method, path, body, headers, timeout=30)
-        counts["sent"] += 1
+        statuses[status] = statuses.get(status, 0) + 1
         job_id = check_answer(request, status, head.get("Content-Type", ""), data)
         if job_id is not None:  # do not let accepted jobs pile up on the real engine
             assert server.request("DELETE", f"/v1/jobs/{job_id}")[0] in (200, 202)
 
     one()
-    assert counts["sent"] >= LIVE_FUZZ_EXAMPLES
+    return statuses
+
+
+def test_fuzz_against_the_real_server(server: LiveServer) -> None:
+    statuses = run_live_fuzz(server, LIVE_FUZZ_EXAMPLES)
+    assert sum(statuses.values()) >= LIVE_FUZZ_EXAMPLES
     assert server.process.poll() is None, "the server died"
     assert server.healthy()
     server.wait_idle()

@@ -209,4 +209,5 @@ def test_a_server_restarted_mid_job_is_a_failure(stub) -> None:
     s = stub(behave)
     with pytest.raises(nst_client.NstError) as info:
         run(s.url)
-    assert_readable(info.value, "404")
+    assert isinstance(info.value, nst_client.JobLost)
+    assert_readable(info.value, "restarted", "lost")

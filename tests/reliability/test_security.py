@@ -23,7 +23,9 @@ from PIL import Image
 import nst_server.api as api_module
 from nst_server.api import create_app, get_queue
 from nst_server.server import ServerConfig, ServerConfigError, check_config
-from tests.reliability.helpers import REPO, GatedEngine, gradient, multipart, painting, png
+from tests.fake_engine import FakeEngine
+from tests.live_server import multipart
+from tests.reliability.helpers import REPO, gradient, painting, png
 
 TOKEN = "correct horse battery staple"
 ROUTES = [
@@ -43,7 +45,7 @@ def make():
     apps = []
 
     def build(**config):
-        app = create_app({"ENGINE": GatedEngine(step_s=0), "ABANDON_AFTER_S": 0, **config})
+        app = create_app({"ENGINE": FakeEngine(), "ABANDON_AFTER_S": 0, **config})
         apps.append(app)
         return app.test_client()
 
