@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +25,11 @@ from gimp_harness import (
     SHARED_IMAGES,
     GimpSession,
     RealServer,
-    free_port,
     nst_client,
     unavailable,
 )
+
+from tests.live_server import free_port, serve_command
 
 
 @pytest.fixture(scope="session")
@@ -90,20 +90,7 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer
     """The real nst_server (real VGG19 weights) on the host's 127.0.0.1, on a free port."""
     port = free_port()
     log = tmp_path_factory.mktemp("nst-server") / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "nst_server",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-file",
-        str(log),
-        "--abandon-after",
-        str(ABANDON_AFTER_S),
-    ]
+    command = serve_command(port, log, abandon_after_s=ABANDON_AFTER_S)
     client = nst_client.NstClient(f"http://127.0.0.1:{port}")
     # Its stderr (TensorFlow's start-up chatter) goes to a file: an unread pipe could fill up.
     console = log.with_name("console.txt")

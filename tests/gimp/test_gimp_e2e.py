@@ -22,9 +22,10 @@ from gimp_harness import (
     EXPORT_DIR,
     GimpSession,
     RealServer,
-    free_port,
     nst_client,
 )
+
+from tests.live_server import free_port
 
 pytestmark = pytest.mark.gimp
 

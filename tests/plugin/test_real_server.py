@@ -8,7 +8,6 @@ through submit -> poll -> result exactly as in GIMP.
 from __future__ import annotations
 
 import math
-import socket
 import struct
 import sys
 from collections.abc import Iterator
@@ -22,30 +21,15 @@ sys.path.insert(0, str(REPO / "gimp_plugin" / "neural_style"))
 import nst_client  # noqa: E402
 from nst_client import RawImage  # noqa: E402
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.live_server import free_port, serve_command  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def started_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nst_client.NstClient]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     client = nst_client.NstClient(f"http://127.0.0.1:{port}")
-    command = [
-        sys.executable,
-        "-m",
-        "nst_server",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-file",
-        str(log),
-    ]
+    command = serve_command(port, log)
     health, process = nst_client.ensure_server(client, command, timeout=180)
     assert process is not None, "something already listened on a fresh port"
     assert health["backbone"] and health["weights"]
