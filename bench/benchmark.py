@@ -1,0 +1,1168 @@
+"""Issue 5's benchmark: our engine and server against the TF-tutorial baseline, side by side.
+
+    .venv/bin/python bench/benchmark.py          # full run, writes BENCHMARKS.md (~35 min)
+    .venv/bin/python bench/benchmark.py --quick  # 128 px only, a few minutes; prints it
+
+Measures, in one process on one machine (plus a server subprocess and one small subprocess per
+size for peak memory): per-step time, time to equal quality under our normalised loss, first
+against second edit on a warm server, server overhead, peak memory, and the precision / XLA
+options when the engine has them. Run it on an otherwise idle machine: every figure is wall
+time, and the load average before each section is recorded so contention shows in the report.
+Images: Tübingen and The Starry Night from ../shared/images (NST_SHARED_IMAGES overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from bench.baseline_tf_tutorial import run_baseline  # noqa: E402
+from nst_server.engine import Cancelled, Progress, StyleEngine  # noqa: E402
+from nst_server.engine.core import fit_size  # noqa: E402
+from nst_server.images import encode_png  # noqa: E402
+from nst_server.params import StyleParams  # noqa: E402
+from tests.conftest import SHARED_IMAGES, load_rgb  # noqa: E402
+
+CONTENT = SHARED_IMAGES / "content" / "tubingen.jpg"
+STYLE = SHARED_IMAGES / "style" / "starry_night.jpg"
+COMMAND = ".venv/bin/python bench/benchmark.py"
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes and step counts. The full run is sized to take ~35 min on 2 idle cores."""
+
+    step_sizes: tuple[int, ...]
+    step_counts: dict[int, int]  # timed steps per size (one untimed step is added before)
+    quality: dict[int, int]  # size -> the baseline's fixed step count
+    flat_cap: int  # step cap of our single-scale (no coarse-to-fine) equal-quality run
+    edits: tuple[tuple[int, int], ...]  # (size, steps) of the first/second-edit pairs
+    memory_sizes: tuple[int, ...]
+    memory_steps: int
+    lbfgs_sizes: tuple[int, ...]  # sizes for the host-side L-BFGS-B cost
+    variant_size: int
+    variant_steps: int
+
+
+FULL = Config(
+    step_sizes=(128, 256, 512),
+    step_counts={128: 10, 256: 8, 512: 5},
+    # The issue's suggestion (300 at 256, 150 at 512) fits: ~5 + ~11 min for the baseline.
+    quality={256: 300, 512: 150},
+    flat_cap=30,
+    # 50 steps at 256 px instead of the CPU default of 150 keeps the run in budget; a shorter
+    # job makes the server-overhead percentage larger (conservative) and the first/second
+    # ratio larger (flattering) - the absolute seconds saved are reported too.
+    edits=((128, 30), (256, 50)),
+    memory_sizes=(128, 256, 512),
+    memory_steps=3,
+    lbfgs_sizes=(256, 512),
+    variant_size=256,
+    variant_steps=5,
+)
+
+QUICK = Config(
+    step_sizes=(128,),
+    step_counts={128: 5},
+    quality={128: 40},
+    flat_cap=20,
+    edits=((128, 30),),
+    memory_sizes=(128,),
+    memory_steps=2,
+    lbfgs_sizes=(128,),
+    variant_size=128,
+    variant_steps=3,
+)
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def load_avg() -> float:
+    return os.getloadavg()[0]
+
+
+def machine() -> dict[str, str]:
+    """lscpu's model name, core count, RAM, versions: the report's 'ran on' line."""
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")),
+            model,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    ram = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
+    except OSError:
+        pass
+    import tensorflow as tf
+
+    return {
+        "model": model,
+        "cores": str(os.cpu_count()),
+        "ram": ram,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+    }
+
+
+def vgg19_gflop(height: int, width: int, last: str = "block5_conv1") -> float:
+    """Forward FLOPs (2 per multiply-add) of VGG19's convolutions up to ``last`` on h x w.
+
+    Pooling, ReLU and the losses are < 1% and left out. 'valid' 2x2 pooling floors the size.
+    """
+    channels = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
+    convs = {1: 2, 2: 2, 3: 4, 4: 4, 5: 4}
+    flops, c_in, h, w = 0.0, 3, height, width
+    for block in range(1, 6):
+        for conv in range(1, convs[block] + 1):
+            flops += 2.0 * h * w * 9 * c_in * channels[block]
+            c_in = channels[block]
+            if f"block{block}_conv{conv}" == last:
+                return flops / 1e9
+        h, w = h // 2, w // 2
+    return flops / 1e9
+
+
+# --- our engine -----------------------------------------------------------------------------
+
+
+def _has_param(name: str) -> bool:
+    return name in {f.name for f in dataclasses.fields(StyleParams)}
+
+
+def forget_styles(engine: StyleEngine) -> None:
+    """Empty the engine's style-target cache, so the next run pays for its painting again."""
+    engine.clear_style_cache()
+
+
+def params_for(engine: StyleEngine, size: int, steps: int, **overrides: object) -> StyleParams:
+    """The engine's defaults for this device, at ``size`` px for ``steps`` steps."""
+    return StyleParams.from_mapping(
+        {"iterations": steps, "max_size": size, **overrides}, engine.device
+    )
+
+
+def engine_step_times(
+    engine: StyleEngine,
+    content: np.ndarray,
+    style: np.ndarray,
+    size: int,
+    steps: int,
+    **overrides: object,
+) -> tuple[float, list[float]]:
+    """(seconds to the first step, seconds of each later step) of one run at ``size`` px.
+
+    The first step carries tracing (once per engine) and the style targets, so it is apart.
+    """
+    stamps: list[float] = []
+
+    def on_progress(event: Progress) -> None:
+        if event.phase == "optimising":
+            stamps.append(time.perf_counter())
+
+    if _has_param("coarse_to_fine"):
+        # Every timed step at ``size``: coarse-to-fine would mix in cheaper small-scale steps.
+        overrides = {"coarse_to_fine": False, **overrides}
+    started = time.perf_counter()
+    engine.stylize(content, [style], params_for(engine, size, steps + 1, **overrides), on_progress)
+    if not stamps:
+        return float("nan"), []
+    return stamps[0] - started, [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
+
+
+@dataclass
+class Reach:
+    """How long our engine took to bring the common loss down to a target."""
+
+    target: float
+    reached: bool
+    seconds: float  # wall time from the stylize call to the step that reached it (or the end)
+    steps: int  # optimisation steps taken, all scales
+    full_steps: int  # of which at the final (full) processing size
+    loss: float  # the engine's reported total at that step
+    image: np.ndarray | None = field(default=None, repr=False)  # the iterate at that step
+    cap: int = 0  # the run's step cap, when it differs from the default's (report only)
+
+
+def time_to_loss(
+    engine: StyleEngine,
+    content: np.ndarray,
+    styles: Sequence[np.ndarray],
+    params: StyleParams,
+    target: float,
+) -> Reach:
+    """Run ``stylize`` and stop (via ``Cancelled``) at the first full-size step whose total
+    loss is <= ``target``; ``params.iterations`` caps the search."""
+    return times_to_losses(engine, content, styles, params, [target])[0][0]
+
+
+def times_to_losses(
+    engine: StyleEngine,
+    content: np.ndarray,
+    styles: Sequence[np.ndarray],
+    params: StyleParams,
+    targets: Sequence[float],
+    *,
+    stop: bool = True,
+) -> tuple[list[Reach], float, np.ndarray | None]:
+    """One ``stylize`` run timing when each target loss is first reached.
+
+    Returns (reaches, seconds, the last full-size iterate).
+
+    With ``stop`` the run is cancelled once every target is reached; without it the run goes
+    to its end (the time to each target is the same either way) and the seconds are the
+    whole run's. Only steps at the final processing size count, so that a coarse-to-fine
+    schedule's low-resolution losses (a different quantity) can never satisfy a target.
+    """
+    h, w = content.shape[:2]
+    long_side = max(h, w) if params.max_size == 0 else params.max_size
+    fh, fw = fit_size(h, w, long_side)
+    reaches = [Reach(t, False, float("nan"), 0, 0, float("inf")) for t in targets]
+    steps = full_steps = 0
+    last: dict[str, object] = {"loss": float("inf"), "image": None}
+    started = time.perf_counter()
+
+    def on_progress(event: Progress) -> None:
+        nonlocal steps, full_steps
+        if event.phase != "optimising":
+            return
+        steps += 1
+        if event.size != (fw, fh):
+            return
+        full_steps += 1
+        loss = float(event.losses.get("total", float("inf")))
+        last.update(loss=loss, image=event.preview)
+        for reach in reaches:
+            if not reach.reached and loss <= reach.target:
+                reach.reached = True
+                reach.seconds = time.perf_counter() - started
+                reach.steps, reach.full_steps, reach.loss = steps, full_steps, loss
+                reach.image = np.array(event.preview, np.float32)
+        if stop and all(r.reached for r in reaches):
+            raise Cancelled
+
+    with contextlib.suppress(Cancelled):
+        engine.stylize(content, list(styles), params, on_progress)
+    seconds = time.perf_counter() - started
+    for reach in reaches:
+        if not reach.reached:  # report where the run ended
+            reach.seconds, reach.steps, reach.full_steps = seconds, steps, full_steps
+            reach.loss = float(last["loss"])  # type: ignore[arg-type]
+            image = last["image"]
+            reach.image = None if image is None else np.array(image, np.float32)
+    image = last["image"]
+    return reaches, seconds, None if image is None else np.array(image, np.float32)
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    machine: dict[str, str]
+    quick: bool
+    started: str
+    wall_s: float = 0.0
+    loads: dict[str, float] = field(default_factory=dict)  # section -> 1-min load average
+    per_step: list[dict] = field(default_factory=list)
+    quality: list[dict] = field(default_factory=list)
+    edits: list[dict] = field(default_factory=list)
+    overhead: dict = field(default_factory=dict)
+    memory: list[dict] = field(default_factory=list)
+    variants: list[dict] = field(default_factory=list)
+    variant_note: str = ""
+    lbfgs_host: list[dict] = field(default_factory=list)
+
+
+def section_per_step(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:
+    for size in cfg.step_sizes:
+        n = cfg.step_counts[size]
+        res.loads[f"per-step {size}"] = load_avg()
+        log(f"per-step {size} px: ours, {n + 1} L-BFGS steps")
+        first, ours = engine_step_times(engine, content, style, size, n)
+        log(f"  ours median {median(ours):.3f} s/step (first {first:.1f} s)")
+        log(f"per-step {size} px: ours in a fresh process with OPENBLAS_NUM_THREADS=1")
+        one_blas = _child_json(
+            ["--child-steps", "--size", str(size), "--steps", str(n)], OPENBLAS_NUM_THREADS="1"
+        )
+        log(f"  ours, 1 BLAS thread, median {one_blas['median']:.3f} s/step")
+        log(f"per-step {size} px: baseline, {n + 1} Adam steps (rebuilds the network)")
+        run = run_baseline(CONTENT, STYLE, size, n + 1)
+        log(
+            f"  baseline median {median(run.step_times):.3f} s/step "
+            f"(first {run.first_step_s:.1f} s)"
+        )
+        h, w = run.image.shape[:2]
+        res.per_step.append(
+            {
+                "size": size,
+                "shape": f"{w}x{h}",
+                "ours": median(ours),
+                "ours_min": min(ours, default=float("nan")),
+                "ours_max": max(ours, default=float("nan")),
+                "ours_first": first,
+                "ours_1blas": one_blas["median"],
+                "baseline": median(run.step_times),
+                "baseline_min": min(run.step_times, default=float("nan")),
+                "baseline_max": max(run.step_times, default=float("nan")),
+                "baseline_first": run.first_step_s,
+                "baseline_setup": run.setup_s,
+                "steps": n,
+                "gflop": 2 * vgg19_gflop(h, w),
+            }
+        )
+
+
+def section_quality(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:
+    for size, bl_steps in cfg.quality.items():
+        res.loads[f"quality {size}"] = load_avg()
+        log(f"equal quality {size} px: baseline, {bl_steps} Adam steps")
+        every = max(1, bl_steps // 10)
+        run = run_baseline(
+            CONTENT,
+            STYLE,
+            size,
+            bl_steps,
+            lambda step, s, n=bl_steps, k=every: (
+                log(f"  baseline step {step}/{n} ({s:.2f} s)") if step % k == 0 else None
+            ),
+            snapshot_steps=range(every, bl_steps + 1, every),
+        )
+        default = params_for(engine, size, StyleParams.for_device(engine.device).iterations)
+        terms = engine.loss_terms(run.image, content, [style], default)
+        # Scored after the run (outside its clock): our loss along the baseline's trajectory.
+        trajectory = {
+            k: engine.loss_terms(im, content, [style], default)["total"]
+            for k, im in sorted(run.snapshots.items())
+        }
+        photo = engine.loss_terms(
+            _resized(content, run.image.shape[:2]), content, [style], default
+        )["total"]
+        log(
+            f"  baseline: {run.total_s:.1f} s, our loss {terms['total']:.4f} (the photo's "
+            f"{photo:.4f}); along its run: "
+            + ", ".join(f"{k}: {v:.3f}" for k, v in trajectory.items())
+        )
+        row: dict = {
+            "size": size,
+            "baseline_steps": bl_steps,
+            "baseline_total": run.total_s,
+            "baseline_opt": run.first_step_s + sum(run.step_times),
+            "baseline_loss": terms,
+            "trajectory": trajectory,
+            "photo_loss": photo,
+            "iterations": default.iterations,
+            "coarse_to_fine": getattr(default, "coarse_to_fine", False),
+        }
+        # Two targets: the baseline's final result (the issue's definition), and - kinder to
+        # the baseline - the best point of its run.
+        best = min(trajectory.values(), default=terms["total"])
+        # Our default run, timed to both targets and then left to finish: the time to a
+        # target does not depend on what comes after it, and the finished run shows what the
+        # engine reaches in its own time. The painting's targets at this size are cached from
+        # the per-step section: forgotten, so ours pays for them as for a new painting.
+        forget_styles(engine)
+        log(
+            f"  ours, default run: times to total <= {terms['total']:.4f} (final) and "
+            f"<= {best:.4f} (best), {default.iterations} steps"
+        )
+        (final, kind), whole, ours = times_to_losses(
+            engine, content, [style], default, [terms["total"], best], stop=False
+        )
+        runs = [("final", final), ("best", kind)]
+        if row["coarse_to_fine"]:
+            # The final target on one scale, to separate L-BFGS from coarse-to-fine; stopped
+            # when reached, and capped short because every step here is a full-size one.
+            flat = dataclasses.replace(default, coarse_to_fine=False, iterations=cfg.flat_cap)
+            forget_styles(engine)
+            one = time_to_loss(engine, content, [style], flat, terms["total"])
+            one.cap = cfg.flat_cap
+            runs.append(("final, one scale", one))
+        for key, reach in runs:
+            check = (
+                engine.loss_terms(reach.image, content, [style], default)["total"]
+                if reach.image is not None
+                else float("nan")
+            )
+            log(
+                f"  {key}: {reach.seconds:.1f} s, {reach.full_steps} full-size steps of "
+                f"{reach.steps}, reached={reach.reached}, loss {reach.loss:.4f} "
+                f"(re-evaluated {check:.4f})"
+            )
+            row[key] = {
+                "target": reach.target,
+                "seconds": reach.seconds,
+                "steps": reach.steps,
+                "full_steps": reach.full_steps,
+                "reached": reach.reached,
+                "loss": reach.loss,
+                "check": check,
+                "cap": reach.cap or default.iterations,
+            }
+        row["ours_full_s"] = whole
+        if ours is None:  # no full-size step at all (cannot happen with iterations >= 1)
+            ours = _resized(content, run.image.shape[:2])
+        row["ours_full_loss"] = engine.loss_terms(ours, content, [style], default)
+        log(f"  ours, whole default run: {whole:.1f} s, {row['ours_full_loss']}")
+        row["per_layer"] = {
+            name: per_layer_style(engine, image, content, style, default)
+            for name, image in (
+                ("photo", _resized(content, run.image.shape[:2])),
+                ("baseline", run.image),
+                ("ours", ours),
+            )
+        }
+        res.quality.append(row)
+
+
+def per_layer_style(
+    engine: StyleEngine, image: np.ndarray, content: np.ndarray, style: np.ndarray, params
+) -> dict[str, float]:
+    """Our normalised style term of ``image`` layer by layer (which layers a result matches)."""
+    return {
+        layer: engine.loss_terms(
+            image, content, [style], dataclasses.replace(params, style_layers=(layer,))
+        )["style"]
+        for layer in params.style_layers
+    }
+
+
+def _resized(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from nst_server.engine.core import resize
+
+    return resize(image, shape[0], shape[1]).numpy()
+
+
+# Own, small HTTP helpers (standard library only, as the plug-in): the benchmark must not
+# break when the quick benchmark's or the tests' helpers change.
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
+    """multipart/form-data body and content type for {name: (filename, data, type)}."""
+    boundary = uuid.uuid4().hex
+    body = io.BytesIO()
+    for name, (filename, data, ctype) in fields.items():
+        body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"'.encode())
+        if filename:
+            body.write(f'; filename="{filename}"'.encode())
+        body.write(f"\r\nContent-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
+    body.write(f"--{boundary}--\r\n".encode())
+    return body.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def server_job(url: str, content: np.ndarray, style: np.ndarray, params: dict) -> float:
+    """Wall time of POST /v1/jobs -> poll every 0.5 s -> GET result, as the plug-in does it
+    (PNG encoding of the upload included: the plug-in does that too)."""
+    started = time.perf_counter()
+    body, ctype = multipart(
+        {
+            "content": ("c.png", encode_png(content), "image/png"),
+            "style": ("s.png", encode_png(style), "image/png"),
+            "params": ("", json.dumps(params).encode(), "application/json"),
+        }
+    )
+    req = urllib.request.Request(url + "/v1/jobs", body, {"Content-Type": ctype})
+    job = json.load(urllib.request.urlopen(req, timeout=120))["id"]
+    while True:
+        state = json.load(urllib.request.urlopen(f"{url}/v1/jobs/{job}", timeout=60))["state"]
+        if state == "done":
+            break
+        if state in ("failed", "cancelled"):
+            raise RuntimeError(f"job {state}: see the server log")
+        time.sleep(0.5)
+    urllib.request.urlopen(f"{url}/v1/jobs/{job}/result", timeout=120).read()
+    return time.perf_counter() - started
+
+
+def _start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nst_server",
+            "serve",
+            "--port",
+            str(port),
+            "--log-file",
+            str(tmp / f"server-{port}.log"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.returncode}; see {tmp}")
+        try:
+            health = json.load(urllib.request.urlopen(url + "/v1/health"))
+            # Warm = VGG19 built (the worker builds it at start-up), as after any first use.
+            if health["status"] == "ok" and health.get("loaded"):
+                return server, url
+        except OSError:
+            pass
+        time.sleep(0.5)
+    server.terminate()
+    raise RuntimeError("the server did not become ready in 240 s")
+
+
+def _stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(10)
+
+
+def section_edits(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:
+    """First and second edit with the same painting, each size on a fresh, loaded server; then,
+    with the last server still up, the server overhead."""
+    tmp = Path(tempfile.mkdtemp(prefix="nst-bench-"))
+    for index, (size, steps) in enumerate(cfg.edits):
+        res.loads[f"edits {size}"] = load_avg()
+        log(f"edits {size} px, {steps} steps: starting a server")
+        server, url = _start_server(tmp)
+        try:
+            params = {"iterations": steps, "max_size": size}
+            first = server_job(url, content, style, params)
+            log(f"  first edit {first:.1f} s")
+            second = server_job(url, content, style, params)
+            log(f"  second edit {second:.1f} s")
+            # A different selection: a new image shape must not cost a recompilation.
+            crop = np.ascontiguousarray(content[:, : content.shape[1] * 2 // 3])
+            other = server_job(url, crop, style, params)
+            log(f"  second edit, new shape {crop.shape[1]}x{crop.shape[0]}: {other:.1f} s")
+            res.edits.append(
+                {"size": size, "steps": steps, "first": first, "second": second, "new_shape": other}
+            )
+            if index == len(cfg.edits) - 1:
+                section_overhead(res, engine, content, style, url, size, steps)
+        finally:
+            _stop_server(server)
+
+
+def section_overhead(
+    res: Results,
+    engine: StyleEngine,
+    content: np.ndarray,
+    style: np.ndarray,
+    url: str,
+    size: int,
+    steps: int,
+) -> None:
+    """Warm jobs through the server against the engine alone, interleaved; the minimum of each
+    (the least disturbed run) is compared, since contention only ever adds time."""
+    res.loads["overhead"] = load_avg()
+    p = params_for(engine, size, steps)
+    log(f"overhead {size} px, {steps} steps: warming the engine in this process")
+    engine.stylize(content, [style], p)  # this painting's targets at every scale, as the server
+    alone: list[float] = []
+    through = [res.edits[-1]["second"]]
+    params = {"iterations": steps, "max_size": size}
+    for _ in range(2):
+        t0 = time.perf_counter()
+        engine.stylize(content, [style], p)
+        alone.append(time.perf_counter() - t0)
+        log(f"  engine alone {alone[-1]:.1f} s")
+        if len(through) < 2:
+            through.append(server_job(url, content, style, params))
+            log(f"  through the server {through[-1]:.1f} s")
+    res.overhead = {
+        "size": size,
+        "steps": steps,
+        "alone": min(alone),
+        "through": min(through),
+        "alone_all": alone,
+        "through_all": through,
+    }
+
+
+def lbfgs_host_cost(height: int, width: int, iterations: int = 20) -> tuple[float, float, float]:
+    """(s per scipy L-BFGS-B iteration, of which the function, s of set-up) on h*w*3 variables.
+
+    A trivial separable quadratic stands in for VGG19, with the engine's settings (bounds
+    [0, 1], maxcor 20): what is left is the optimiser's own host-side work per iteration, which
+    a GPU does not speed up. Set-up: from the call to the first function evaluation (scipy
+    converts the bounds element by element in Python, once per run and scale).
+    """
+    import scipy.optimize
+
+    n = height * width * 3
+    rng = np.random.default_rng(0)
+    target, scale = rng.uniform(0.0, 1.0, n), rng.uniform(0.1, 10.0, n)
+    spent = [0.0]
+    first_call: list[float] = []
+
+    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+        t0 = time.perf_counter()
+        if not first_call:
+            first_call.append(t0)
+        d = x - target
+        out = float(0.5 * np.dot(scale * d, d)), scale * d
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    stamps: list[float] = []
+    calls: list[float] = []
+
+    def callback(intermediate_result: object) -> None:
+        stamps.append(time.perf_counter())
+        calls.append(spent[0])
+
+    started = time.perf_counter()
+    scipy.optimize.minimize(
+        fun,
+        np.full(n, 0.5),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=scipy.optimize.Bounds(0.0, 1.0),
+        callback=callback,
+        options={
+            "maxiter": iterations,
+            "maxfun": 2 * iterations,
+            "maxcor": 20,
+            "ftol": 0.0,
+            "gtol": 0.0,
+        },
+    )
+    # The later half: the correction memory is full there, as in a long run.
+    half = len(stamps) // 2
+    per_iter = (stamps[-1] - stamps[half]) / max(1, len(stamps) - 1 - half)
+    per_fun = (calls[-1] - calls[half]) / max(1, len(calls) - 1 - half)
+    # Everything scipy does before it first evaluates the function (bounds conversion etc.).
+    return per_iter, per_fun, first_call[0] - started
+
+
+def section_lbfgs_host(res: Results, cfg: Config) -> None:
+    res.loads["L-BFGS-B host"] = load_avg()
+    for size in cfg.lbfgs_sizes:
+        h, w = size * 3 // 4, size
+        log(f"scipy L-BFGS-B host cost at {w}x{h}x3 variables")
+        row: dict = {"size": size, "shape": f"{w}x{h}"}
+        for label, env in (("default", {}), ("1 thread", {"OPENBLAS_NUM_THREADS": "1"})):
+            got = _child_json(["--child-lbfgs", "--size", str(size)], **env)
+            log(
+                f"  OpenBLAS {label}: {got['iteration']:.3f} s/iteration, of which the trivial "
+                f"function {got['function']:.3f} s; set-up {got['setup']:.2f} s"
+            )
+            row[label] = got
+        res.lbfgs_host.append(row)
+
+
+def section_memory(res: Results, cfg: Config) -> None:
+    """Peak RSS (VmHWM) of a fresh process per size and per implementation."""
+    res.loads["memory"] = load_avg()
+    for size in cfg.memory_sizes:
+        row: dict = {"size": size}
+        for which in ("ours", "baseline"):
+            log(f"peak memory {size} px, {which}: a fresh process, {cfg.memory_steps} steps")
+            row[which] = _child_json(
+                ["--child-memory", which, "--size", str(size), "--steps", str(cfg.memory_steps)]
+            )["vmhwm_mb"]
+            log(f"  {row[which]:.0f} MB")
+        res.memory.append(row)
+
+
+def _child_json(args: list[str], **env: str) -> dict:
+    """Run this script in a fresh process with extra environment; its last line is JSON."""
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def child_steps(size: int, steps: int) -> None:
+    """Run in a fresh process: our per-step time at ``size`` px, printed as JSON."""
+    engine = StyleEngine()
+    engine.load()
+    first, times = engine_step_times(engine, load_rgb(CONTENT), load_rgb(STYLE), size, steps)
+    print(json.dumps({"first": first, "median": median(times)}))
+
+
+def child_lbfgs(size: int) -> None:
+    """Run in a fresh process (BLAS threads are fixed at start-up): ``lbfgs_host_cost``."""
+    per_iter, per_fun, setup = lbfgs_host_cost(size * 3 // 4, size)
+    print(json.dumps({"iteration": per_iter, "function": per_fun, "setup": setup}))
+
+
+def child_memory(which: str, size: int, steps: int) -> None:
+    """Run in a fresh process: a short run, then print the process's peak RSS as JSON."""
+    if which == "ours":
+        engine = StyleEngine()
+        engine.stylize(load_rgb(CONTENT), [load_rgb(STYLE)], params_for(engine, size, steps))
+    else:
+        run_baseline(CONTENT, STYLE, size, steps)
+    status = Path("/proc/self/status").read_text()
+    kb = next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM:"))
+    print(json.dumps({"vmhwm_mb": kb / 1024}))
+
+
+def section_variants(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:
+    """Mixed precision and XLA against float32, if the engine offers them (params fields)."""
+    variants: list[tuple[str, dict]] = [("float32", {})]
+    if _has_param("precision"):
+        variants += [
+            ("mixed_bfloat16", {"precision": "mixed_bfloat16"}),
+            ("mixed_float16", {"precision": "mixed_float16"}),
+        ]
+    if _has_param("jit"):
+        variants.append(("float32 + XLA", {"jit": True}))
+    if len(variants) == 1:
+        res.variant_note = (
+            "TODO: StyleParams has no `precision` / `jit` fields yet; rerun when it has."
+        )
+        log("variants: " + res.variant_note)
+        return
+    size, n = cfg.variant_size, cfg.variant_steps
+    res.loads["variants"] = load_avg()
+    for label, overrides in variants:
+        log(f"variant {label}, {size} px, {n + 1} steps")
+        try:
+            first, times = engine_step_times(engine, content, style, size, n, **overrides)
+            res.variants.append(
+                {"label": label, "size": size, "first": first, "step": median(times)}
+            )
+            log(f"  {median(times):.3f} s/step (first {first:.1f} s)")
+        except Exception as exc:  # an option unsupported on this device is a result too
+            res.variants.append({"label": label, "size": size, "error": str(exc)[:120]})
+            log(f"  failed: {exc}")
+
+
+# --- the report ------------------------------------------------------------------------------
+
+# H100 SXM dense peak throughput (NVIDIA datasheet, without sparsity), FLOP/s.
+H100 = {"BF16/FP16 tensor": 989e12, "TF32 tensor": 494e12, "FP32 (no tensor cores)": 67e12}
+GPU_EFFICIENCY = 0.40
+PYTORCH_REF_S, PYTORCH_REF_STEPS = 6.0, 500  # 500 L-BFGS steps at 512 px on an H100
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b and np.isfinite(a) and np.isfinite(b) else "n/a"
+
+
+def render(res: Results, cfg: Config) -> str:
+    m = res.machine
+    out: list[str] = []
+    add = out.append
+    add("# Benchmarks\n")
+    add(
+        "Issue 5: our engine and server against a reproduction of the TensorFlow tutorial's "
+        "style-transfer loop (`bench/baseline_tf_tutorial.py`: @tf.function Adam step, lr 0.02, "
+        "beta_1 0.99, epsilon 0.1, content block5_conv2, style block1_conv1..block5_conv1, "
+        "style 1e-2 / content 1e4 / TV 30, clipped to [0, 1], network rebuilt and images "
+        "re-read every run) on the same VGG19 weights, the same images (Tübingen, The Starry "
+        "Night) and the same sizes. Ratios are baseline / ours: above 1 means we are faster.\n"
+    )
+    add(
+        f"Machine: {m['model']}, {m['cores']} cores, {m['ram']} RAM; Python {m['python']}, "
+        f"TensorFlow {m['tensorflow']}; CPU only. Run started {res.started}, took "
+        f"{res.wall_s / 60:.1f} min{' (--quick)' if res.quick else ''}.\n"
+    )
+    add(f"Regenerate: `{COMMAND}{' --quick' if res.quick else ''}` (from the repository root).\n")
+    loads = ", ".join(f"{k} {v:.1f}" for k, v in res.loads.items())
+    add(
+        f"1-minute load average before each section ({m['cores']} cores; above ~0.5 means "
+        f"another process competed and the times are inflated/noisy): {loads}.\n"
+    )
+
+    add("## Against the issue's targets\n")
+    add("| target | measured | met |")
+    add("|---|---|---|")
+    big = max(res.quality, key=lambda r: r["size"], default=None)
+    if big:
+        q = big["final"]
+        ratio = big["baseline_total"] / q["seconds"] if q["reached"] else float("nan")
+        met = ("yes" if ratio >= 2 else "no") if big["size"] >= 512 else "n/a (not 512 px)"
+        add(
+            f"| >= 2x less time to equal quality at 512 px | {big['size']} px: "
+            f"{_ratio(big['baseline_total'], q['seconds'])} (baseline {big['baseline_total']:.0f}"
+            f" s, ours {q['seconds']:.0f} s; see the caveat below) | "
+            f"{met} |"
+        )
+    for r in res.edits:
+        want = 1.5 if r["size"] == 128 else None
+        ratio = r["first"] / r["second"]
+        met = ("yes" if ratio >= want else "no") if want else "(reported)"
+        add(
+            f"| short second edit >= 1.5x faster (128 px, 30 steps); 256 px reported | "
+            f"{r['size']} px, {r['steps']} steps: {ratio:.2f}x | {met} |"
+        )
+    if res.overhead:
+        o = res.overhead
+        pct = 100 * (o["through"] - o["alone"]) / o["alone"]
+        add(
+            f"| server overhead <= 5% of a 256 px job | {o['size']} px, {o['steps']} steps: "
+            f"{pct:+.1f}% | {('yes' if pct <= 5 else 'no') if o['size'] >= 256 else 'n/a'} |"
+        )
+    add("")
+
+    add("## Per-step time\n")
+    add(
+        "Median wall time of one optimisation step after the first (min-max in brackets). Ours: "
+        "one L-BFGS-B iteration through the engine (one loss+gradient evaluation plus scipy's "
+        "bookkeeping). Baseline: its @tf.function Adam step. 'first' includes tracing. "
+        "'1 BLAS thread': ours again in a fresh process with OPENBLAS_NUM_THREADS=1, because "
+        "scipy's L-BFGS-B runs on OpenBLAS, whose threads (2 by default) spin against "
+        "TensorFlow's own thread pool on a 2-core machine.\n"
+    )
+    add(
+        "| size (processing) | ours s/step | baseline s/step | ratio | ours, 1 BLAS thread | "
+        "ours first | baseline setup + first | GFLOP/step | ours GFLOP/s |"
+    )
+    add("|---|---|---|---|---|---|---|---|---|")
+    for r in res.per_step:
+        add(
+            f"| {r['size']} px ({r['shape']}) | {r['ours']:.3f} ({r['ours_min']:.3f}-"
+            f"{r['ours_max']:.3f}) | {r['baseline']:.3f} ({r['baseline_min']:.3f}-"
+            f"{r['baseline_max']:.3f}) | {_ratio(r['baseline'], r['ours'])} | "
+            f"{r['ours_1blas']:.3f} | {r['ours_first']:.1f} s | "
+            f"{r['baseline_setup']:.1f} + {r['baseline_first']:.1f} s "
+            f"| {r['gflop']:.0f} | {r['gflop'] / r['ours']:.0f} |"
+        )
+    add("")
+
+    add("## Time to equal quality\n")
+    add(
+        "The baseline runs a fixed number of steps; its result is scored with our normalised "
+        "loss (`StyleEngine.loss_terms`, default parameters). Our engine, warm (as in the "
+        "server) but with its style cache cleared, runs with its default parameters for this "
+        "device (coarse to fine where enabled) at the same size from the photo; the progress "
+        "callback records the wall time of the first full-size step whose total loss is at or "
+        "below that score (the run then goes on to its end, reported below). 'final' is the "
+        "baseline's result (the issue's definition); 'best' "
+        "the lowest score at 10 points along its run (kinder to the baseline); 'one scale' "
+        "the final target with coarse_to_fine off (L-BFGS alone), stopped there by the "
+        "callback raising Cancelled. Baseline time is "
+        "its whole run (re-reading images, rebuilding VGG19, tracing: what the tutorial does "
+        "for every image); 'opt only' leaves its setup out. Ratio = baseline / ours.\n"
+    )
+    add(
+        "| size | target | loss to reach (photo's) | baseline s (opt only) | ours s | ours steps "
+        "(at full size) | ratio (opt only) |"
+    )
+    add("|---|---|---|---|---|---|---|")
+    for r in res.quality:
+        for key in ("final", "best", "final, one scale"):
+            if key not in r:
+                continue
+            q = r[key]
+            reached = (
+                "" if q["reached"] else f" NOT reached in {q['cap']} steps (loss {q['loss']:.4f})"
+            )
+            add(
+                f"| {r['size']} px | {key} ({r['baseline_steps']} Adam steps) | "
+                f"{q['target']:.4f} ({r['photo_loss']:.4f}) | {r['baseline_total']:.1f} "
+                f"({r['baseline_opt']:.1f}) | {q['seconds']:.1f}{reached} | {q['steps']} "
+                f"({q['full_steps']}) | {_ratio(r['baseline_total'], q['seconds'])} "
+                f"({_ratio(r['baseline_opt'], q['seconds'])}) |"
+            )
+    add("")
+    for r in res.quality:
+        t = r["baseline_loss"]
+        traj = ", ".join(f"{k}: {v:.2f}" for k, v in r["trajectory"].items())
+        add(
+            f"- {r['size']} px: the baseline's final terms: content {t['content']:.3f}, style "
+            f"{t['style']:.3f}, tv {t['tv']:.4f}; the photo scores {r['photo_loss']:.3f}. Our "
+            f"loss along its run (step: total): {traj}. Ours ran with iterations "
+            f"{r['iterations']}, coarse_to_fine {r['coarse_to_fine']}; the losses at which "
+            f"it stopped, re-evaluated on the returned iterate: "
+            f"{r['final']['check']:.4f} (final), {r['best']['check']:.4f} (best)."
+        )
+    add("")
+    for r in res.quality:
+        add(
+            f"- {r['size']} px, our full default run ({r['iterations']} steps, never stopped): "
+            f"{r['ours_full_s']:.1f} s, loss {r['ours_full_loss']['total']:.4f} (content "
+            f"{r['ours_full_loss']['content']:.3f}, style {r['ours_full_loss']['style']:.4f}). "
+            "Our style term per layer:"
+        )
+        layers = list(next(iter(r["per_layer"].values())))
+        add("")
+        add("  | image | " + " | ".join(layers) + " |")
+        add("  |---|" + "---|" * len(layers))
+        for name, per in r["per_layer"].items():
+            add(f"  | {name} | " + " | ".join(f"{per[k]:.3f}" for k in layers) + " |")
+        add("")
+    for r in res.quality:
+        verdict = "worse than" if r["baseline_loss"]["total"] >= r["photo_loss"] else "better than"
+        add(
+            f"Reading ({r['size']} px): the baseline's final result scores "
+            f"{r['baseline_loss']['total']:.3f} under our loss, {verdict} the untouched photo "
+            f"({r['photo_loss']:.3f}); our own run ends at {r['ours_full_loss']['total']:.3f}."
+        )
+    add(
+        "\nWhere the target is near or above the photo's own score, the two objectives "
+        "disagree: the tutorial's raw, un-normalised Gram errors are dominated by the layers "
+        "with the largest activations, its TV term is a sum that grows with the image, and Adam "
+        "with beta_1 0.99 oscillates (see the loss along its run); its picture looks painted, "
+        "but per layer (table above) it does not bring the Gram statistics closer to the "
+        "painting's. Our engine then 'matches' it within its first full-size step, and the "
+        "ratio measures the baseline's fixed costs and this disagreement, not optimiser speed. "
+        "The fair reading of 'equal quality' is the last column of that sentence: what each "
+        "reaches in its own run.\n"
+    )
+
+    add("## First and second edit on a warm server\n")
+    add(
+        "A real `python -m nst_server serve` subprocess, started and loaded (VGG19 built) "
+        "before timing; each job is POST /v1/jobs with PNGs, polling every 0.5 s as the "
+        "plug-in does, GET result. The same photo and painting twice, then a different "
+        "selection (a crop: a new image shape) with the same painting.\n"
+    )
+    add("| size, steps | first edit | second edit | ratio | saved | new shape, same painting |")
+    add("|---|---|---|---|---|---|")
+    for r in res.edits:
+        add(
+            f"| {r['size']} px, {r['steps']} | {r['first']:.1f} s | {r['second']:.1f} s | "
+            f"{_ratio(r['first'], r['second'])} | {r['first'] - r['second']:.1f} s | "
+            f"{r['new_shape']:.1f} s |"
+        )
+    add("")
+
+    o = res.overhead
+    if o:
+        add("## Server overhead\n")
+        pct = 100 * (o["through"] - o["alone"]) / o["alone"]
+        add(
+            f"One warm {o['size']} px job of {o['steps']} steps, interleaved, best of 2 each: "
+            f"engine alone {o['alone']:.1f} s, through HTTP + PNG + 0.5 s polling "
+            f"{o['through']:.1f} s: overhead {pct:+.1f}% (target at most 5%). All runs: alone "
+            + ", ".join(f"{t:.1f}" for t in o["alone_all"])
+            + " s; through the server "
+            + ", ".join(f"{t:.1f}" for t in o["through_all"])
+            + " s.\n"
+        )
+
+    add("## Peak memory\n")
+    add(
+        f"VmHWM (peak resident set) of a fresh process doing a {cfg.memory_steps}-step run at "
+        "each size, TensorFlow and VGG19 included.\n"
+    )
+    add("| size | ours | baseline |")
+    add("|---|---|---|")
+    for r in res.memory:
+        add(f"| {r['size']} px | {r['ours']:.0f} MB | {r['baseline']:.0f} MB |")
+    add("")
+
+    add("## Mixed precision and XLA (CPU)\n")
+    if res.variant_note:
+        add(f"{res.variant_note}\n")
+        add("| variant | s/step |\n|---|---|\n| mixed_bfloat16, mixed_float16, XLA | TODO |\n")
+    else:
+        add(
+            "Per-step time of our engine at one size with each option. On a CPU these paths "
+            "exist so they cannot rot; they are not expected to be faster here (no bf16/fp16 "
+            "matrix units; casts cost).\n"
+        )
+        add("| variant | size | s/step | vs float32 | first step |")
+        add("|---|---|---|---|---|")
+        base = next((v["step"] for v in res.variants if v["label"] == "float32"), float("nan"))
+        for v in res.variants:
+            if "error" in v:
+                add(f"| {v['label']} | {v['size']} px | failed: {v['error']} | | |")
+            else:
+                add(
+                    f"| {v['label']} | {v['size']} px | {v['step']:.3f} | "
+                    f"{_ratio(base, v['step'])} | {v['first']:.1f} s |"
+                )
+        add("")
+
+    add("## Host-side cost of scipy's L-BFGS-B\n")
+    add(
+        "Seconds per L-BFGS-B iteration (bounds [0, 1], maxcor 20, as the engine) on a trivial "
+        "function with as many variables as the image has values; the function's own time is "
+        "shown apart. This part runs on the CPU whatever the device, so on a GPU it is a floor "
+        "under every step. Set-up: once per run and scale (scipy's bounds conversion is a "
+        "Python loop over every variable). Most of an iteration is L-BFGS-B's compact-matrix "
+        "work, which grows with maxcor^2 x variables: maxcor 5-10 would cost a fraction.\n"
+    )
+    add(
+        "| size | variables | OpenBLAS threads | s/iteration | of which the function | share of "
+        "our CPU step | set-up per run |"
+    )
+    add("|---|---|---|---|---|---|---|")
+    ours_step = {r["size"]: r["ours"] for r in res.per_step}
+    for r in res.lbfgs_host:
+        step = ours_step.get(r["size"])
+        for label in ("default", "1 thread"):
+            q = r[label]
+            share = q["iteration"] - q["function"]
+            add(
+                f"| {r['size']} px | {r['shape']}x3 | {label} | {q['iteration']:.3f} | "
+                f"{q['function']:.3f} | {f'{100 * share / step:.0f}%' if step else 'n/a'} | "
+                f"{q['setup']:.2f} s |"
+            )
+    add("")
+    add(gpu_section(res))
+    return "\n".join(out) + "\n"
+
+
+def gpu_section(res: Results | None = None) -> str:
+    fwd = vgg19_gflop(512, 512)
+    step = 2 * fwd
+    lines = [
+        "## Expected GPU figures (from the FLOP count; no GPU measured here)\n",
+        f"VGG19 convolutions up to block5_conv1 at 512x512: {fwd:.0f} GFLOP forward (2 FLOP "
+        "per multiply-add; pooling, ReLU, Gram matrices and losses add < 1%). Assumption: a "
+        "step needs the forward pass and the gradient with respect to the input only (the "
+        "kernels are frozen), and the input-gradient of a convolution costs the same as its "
+        "forward, so a step is ~2x forward = "
+        f"{step:.0f} GFLOP, matching the issue's ~380 GFLOP. (With kernel gradients too, as a "
+        f"training step, it would be ~3x = {3 * fwd:.0f} GFLOP.) An L-BFGS iteration costs ~1.0-"
+        "1.03 such evaluations in long runs.\n",
+        f"| H100 SXM peak (dense) | at {GPU_EFFICIENCY:.0%} | ms/step at 512 px | "
+        f"{PYTORCH_REF_STEPS} steps |",
+        "|---|---|---|---|",
+    ]
+    for name, peak in H100.items():
+        rate = peak * GPU_EFFICIENCY
+        ms = step * 1e9 / rate * 1e3
+        lines.append(
+            f"| {name} {peak / 1e12:.0f} TFLOP/s | {rate / 1e12:.0f} TFLOP/s | {ms:.1f} | "
+            f"{ms * PYTORCH_REF_STEPS / 1e3:.1f} s |"
+        )
+    ref_ms = PYTORCH_REF_S / PYTORCH_REF_STEPS * 1e3
+    lines += [
+        "",
+        f"The PyTorch reference, {PYTORCH_REF_STEPS} L-BFGS steps at 512 px in "
+        f"{PYTORCH_REF_S:.0f} s on an H100, is {ref_ms:.0f} ms/step, i.e. "
+        f"{step / ref_ms:.0f} TFLOP/s effective: fp32/TF32-class throughput plus per-step "
+        "overhead (kernel launches, the L-BFGS update on 786k values), far from the bf16 "
+        "bound. TensorFlow runs float32 convolutions as TF32 on Ampere/Hopper by default, so "
+        "our compute alone would be ~2 ms/step in float32 and ~1 ms in mixed bfloat16 + XLA. "
+        "But our L-BFGS is scipy's, on the host: each evaluation copies the image and gradient "
+        "between GPU and CPU (float64, 6 MB each way, ~1 ms over PCIe) and each iteration does "
+        "the L-BFGS-B update on the CPU (measured above).\n",
+    ]
+    host = next((r for r in (res.lbfgs_host if res else []) if r["size"] == 512), None)
+    if host:
+        per = min(q["iteration"] - q["function"] for q in (host["default"], host["1 thread"]))
+        lines.append(
+            f"Measured here, that update costs {per * 1e3:.0f} ms per iteration at 512 px "
+            "(better of the two thread settings; this CPU), so "
+            f"{PYTORCH_REF_STEPS} steps would take at least {per * PYTORCH_REF_STEPS:.0f} s on "
+            f"any GPU with this optimiser, against the reference's {PYTORCH_REF_S:.0f} s: to "
+            "approach it on a GPU, L-BFGS must run on the device (e.g. a TF two-loop "
+            "recursion), and mixed precision/XLA only pay off after that. Not measured: no "
+            "GPU on this machine.\n"
+        )
+    else:
+        lines.append(
+            "The full run measures that update at 512 px and states the floor it puts under "
+            "a GPU step. Not measured: no GPU on this machine.\n"
+        )
+    return "\n".join(lines)
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def run(cfg: Config, quick: bool) -> Results:
+    started = time.perf_counter()
+    res = Results(machine=machine(), quick=quick, started=time.strftime("%Y-%m-%d %H:%M"))
+    log(f"machine: {res.machine}")
+    content, style = load_rgb(CONTENT), load_rgb(STYLE)
+    engine = StyleEngine()
+    engine.load()
+    section_per_step(res, cfg, engine, content, style)
+    section_quality(res, cfg, engine, content, style)
+    section_edits(res, cfg, engine, content, style)
+    section_variants(res, cfg, engine, content, style)
+    section_lbfgs_host(res, cfg)
+    section_memory(res, cfg)
+    res.wall_s = time.perf_counter() - started
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="128 px only, a few minutes")
+    ap.add_argument(
+        "--out", help="report path (default: BENCHMARKS.md for the full run, none for --quick)"
+    )
+    ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--child-memory", choices=("ours", "baseline"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-steps", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child-lbfgs", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=128, help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child_memory:
+        child_memory(args.child_memory, args.size, args.steps)
+        return
+    if args.child_lbfgs:
+        child_lbfgs(args.size)
+        return
+    if args.child_steps:
+        child_steps(args.size, args.steps)
+        return
+    if not CONTENT.is_file() or not STYLE.is_file():
+        sys.exit(f"test images not found ({CONTENT}, {STYLE}); set NST_SHARED_IMAGES")
+    cfg = QUICK if args.quick else FULL
+    res = run(cfg, args.quick)
+    report = render(res, cfg)
+    print("\n" + report)
+    out = args.out or (None if args.quick else str(REPO / "BENCHMARKS.md"))
+    if out:
+        Path(out).write_text(report, encoding="utf-8")
+        log(f"wrote {out}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dataclasses.asdict(res), indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
