@@ -37,7 +37,6 @@ RENDERS: dict[str, tuple[str, list[str], dict, str | None, int | None]] = {
     "tubingen_starry_512": ("tubingen", ["starry_night"], {"max_size": 512}, None, None),
     "tubingen_starry_1024": ("tubingen", ["starry_night"], {"max_size": 1024}, None, None),
     "golden_gate_scream_512": ("golden_gate", ["the_scream"], {"max_size": 512}, None, None),
-    "golden_gate_scream_1024": ("golden_gate", ["the_scream"], {"max_size": 1024}, None, None),
     "tubingen_starry_colours": (
         "tubingen",
         ["starry_night"],
@@ -53,6 +52,7 @@ RENDERS: dict[str, tuple[str, list[str], dict, str | None, int | None]] = {
         None,
         None,
     ),
+    "golden_gate_scream_1024": ("golden_gate", ["the_scream"], {"max_size": 1024}, None, None),
     "tubingen_starry_2048": ("tubingen", ["starry_night"], {"max_size": 2048}, None, 2048),
 }
 
