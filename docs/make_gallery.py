@@ -113,7 +113,7 @@ def render(engine: StyleEngine, name: str, out: Path, timings: dict) -> None:
 
 
 def contact_sheet(out: Path, sheet: Path) -> None:
-    """Rows of (label, image) tiles, 240 px high."""
+    """Rows of labelled tiles, 240 px high: the pairs, the controls, 512 vs 2048 px detail."""
     height, pad = 240, 6
     rows = [
         [
@@ -132,7 +132,10 @@ def contact_sheet(out: Path, sheet: Path) -> None:
             ("colours preserved", out / "tubingen_starry_colours.jpg"),
             ("masked: sky only", out / "tubingen_starry_masked.jpg"),
             ("two paintings blended", out / "tubingen_blend.jpg"),
-            ("2048 px, crop", out / "tubingen_starry_2048.jpg"),
+        ],
+        [
+            ("512 px run, crop", out / "tubingen_starry_512.jpg"),
+            ("2048 px run, same crop", out / "tubingen_starry_2048.jpg"),
         ],
     ]
     tiles = []
@@ -142,8 +145,9 @@ def contact_sheet(out: Path, sheet: Path) -> None:
             if not path.exists():
                 continue
             img = Image.open(path).convert("RGB")
-            if label.endswith("crop"):  # full-resolution detail of the 2048 px result
-                img = img.crop((1100, 500, 1100 + 427, 500 + 320))
+            if "crop" in label:  # the same detail (the tower) of the 512 and 2048 px results
+                w, h = img.size
+                img = img.crop((int(w * 0.56), int(h * 0.12), int(w * 0.77), int(h * 0.40)))
             img = img.resize(
                 (round(img.width * height / img.height), height), Image.Resampling.LANCZOS
             )
