@@ -16,18 +16,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +37,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.baseline_tf_tutorial import run_baseline  # noqa: E402
 from nst_server.engine import Cancelled, Progress, StyleEngine  # noqa: E402
-from nst_server.engine.core import fit_size  # noqa: E402
+from nst_server.engine.core import fit_size, lbfgs_options  # noqa: E402
 from nst_server.images import encode_png  # noqa: E402
 from nst_server.params import StyleParams  # noqa: E402
 from tests.conftest import SHARED_IMAGES, load_rgb  # noqa: E402
+from tests.live_server import LiveServer  # noqa: E402
 
 CONTENT = SHARED_IMAGES / "content" / "tubingen.jpg"
 STYLE = SHARED_IMAGES / "style" / "starry_night.jpg"
@@ -477,90 +474,13 @@ def _resized(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 # break when the quick benchmark's or the tests' helpers change.
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
-    """multipart/form-data body and content type for {name: (filename, data, type)}."""
-    boundary = uuid.uuid4().hex
-    body = io.BytesIO()
-    for name, (filename, data, ctype) in fields.items():
-        body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"'.encode())
-        if filename:
-            body.write(f'; filename="{filename}"'.encode())
-        body.write(f"\r\nContent-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
-    body.write(f"--{boundary}--\r\n".encode())
-    return body.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
-def server_job(url: str, content: np.ndarray, style: np.ndarray, params: dict) -> float:
-    """Wall time of POST /v1/jobs -> poll every 0.5 s -> GET result, as the plug-in does it
-    (PNG encoding of the upload included: the plug-in does that too)."""
+def server_job(server: LiveServer, content: np.ndarray, style: np.ndarray, params: dict) -> float:
+    """Wall time of one job through the server as the plug-in does it: PNG-encode the upload,
+    POST /v1/jobs, poll every 0.5 s, GET the result."""
     started = time.perf_counter()
-    body, ctype = multipart(
-        {
-            "content": ("c.png", encode_png(content), "image/png"),
-            "style": ("s.png", encode_png(style), "image/png"),
-            "params": ("", json.dumps(params).encode(), "application/json"),
-        }
-    )
-    req = urllib.request.Request(url + "/v1/jobs", body, {"Content-Type": ctype})
-    job = json.load(urllib.request.urlopen(req, timeout=120))["id"]
-    while True:
-        state = json.load(urllib.request.urlopen(f"{url}/v1/jobs/{job}", timeout=60))["state"]
-        if state == "done":
-            break
-        if state in ("failed", "cancelled"):
-            raise RuntimeError(f"job {state}: see the server log")
-        time.sleep(0.5)
-    urllib.request.urlopen(f"{url}/v1/jobs/{job}/result", timeout=120).read()
-    return time.perf_counter() - started
-
-
-def _start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nst_server",
-            "serve",
-            "--port",
-            str(port),
-            "--log-file",
-            str(tmp / f"server-{port}.log"),
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}; see {tmp}")
-        try:
-            health = json.load(urllib.request.urlopen(url + "/v1/health"))
-            # Warm = VGG19 built (the worker builds it at start-up), as after any first use.
-            if health["status"] == "ok" and health.get("loaded"):
-                return server, url
-        except OSError:
-            pass
-        time.sleep(0.5)
-    server.terminate()
-    raise RuntimeError("the server did not become ready in 240 s")
-
-
-def _stop_server(server: subprocess.Popen) -> None:
-    server.terminate()
-    try:
-        server.wait(30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait(10)
+    content_png, style_png = encode_png(content), encode_png(style)
+    encoding = time.perf_counter() - started
+    return encoding + server.timed_job(content_png, style_png, params)
 
 
 def section_edits(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:
@@ -570,24 +490,22 @@ def section_edits(res: Results, cfg: Config, engine: StyleEngine, content, style
     for index, (size, steps) in enumerate(cfg.edits):
         res.loads[f"edits {size}"] = load_avg()
         log(f"edits {size} px, {steps} steps: starting a server")
-        server, url = _start_server(tmp)
-        try:
+        # A fresh server per size; "ok" in /v1/health means VGG19 is built, as after any first use.
+        with LiveServer(tmp / f"server-{size}", abandon_after_s=None) as server:
             params = {"iterations": steps, "max_size": size}
-            first = server_job(url, content, style, params)
+            first = server_job(server, content, style, params)
             log(f"  first edit {first:.1f} s")
-            second = server_job(url, content, style, params)
+            second = server_job(server, content, style, params)
             log(f"  second edit {second:.1f} s")
             # A different selection: a new image shape must not cost a recompilation.
             crop = np.ascontiguousarray(content[:, : content.shape[1] * 2 // 3])
-            other = server_job(url, crop, style, params)
+            other = server_job(server, crop, style, params)
             log(f"  second edit, new shape {crop.shape[1]}x{crop.shape[0]}: {other:.1f} s")
             res.edits.append(
                 {"size": size, "steps": steps, "first": first, "second": second, "new_shape": other}
             )
             if index == len(cfg.edits) - 1:
-                section_overhead(res, engine, content, style, url, size, steps)
-        finally:
-            _stop_server(server)
+                section_overhead(res, engine, content, style, server, size, steps)
 
 
 def section_overhead(
@@ -595,7 +513,7 @@ def section_overhead(
     engine: StyleEngine,
     content: np.ndarray,
     style: np.ndarray,
-    url: str,
+    server: LiveServer,
     size: int,
     steps: int,
 ) -> None:
@@ -614,7 +532,7 @@ def section_overhead(
         alone.append(time.perf_counter() - t0)
         log(f"  engine alone {alone[-1]:.1f} s")
         if len(through) < 2:
-            through.append(server_job(url, content, style, params))
+            through.append(server_job(server, content, style, params))
             log(f"  through the server {through[-1]:.1f} s")
     res.overhead = {
         "size": size,
@@ -666,13 +584,7 @@ def lbfgs_host_cost(height: int, width: int, iterations: int = 20) -> tuple[floa
         method="L-BFGS-B",
         bounds=scipy.optimize.Bounds(0.0, 1.0),
         callback=callback,
-        options={
-            "maxiter": iterations,
-            "maxfun": 2 * iterations,
-            "maxcor": 20,
-            "ftol": 0.0,
-            "gtol": 0.0,
-        },
+        options=lbfgs_options(iterations),
     )
     # The later half: the correction memory is full there, as in a long run.
     half = len(stamps) // 2

@@ -10,7 +10,6 @@ code (a smooth synthetic photo and a striped 'painting'), so it needs nothing fr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -18,8 +17,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -29,7 +26,7 @@ from nst_server.engine import StyleEngine  # noqa: E402
 from nst_server.images import encode_png  # noqa: E402
 from nst_server.params import StyleParams  # noqa: E402
 from tests.conftest import synthetic_painting, synthetic_photo  # noqa: E402
-from tests.live_server import LiveServer, job_form  # noqa: E402
+from tests.live_server import LiveServer  # noqa: E402
 
 
 def step_times(engine: StyleEngine, size: int, steps: int) -> list[float]:
@@ -44,27 +41,6 @@ def step_times(engine: StyleEngine, size: int, steps: int) -> list[float]:
         lambda e: stamps.append(time.perf_counter()) if e.phase == "optimising" else None,
     )
     return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
-
-
-def server_job(server: LiveServer, content: np.ndarray, style: np.ndarray, params: dict) -> float:
-    """Wall time of POST /v1/jobs -> poll every 0.5 s -> GET result, as the plug-in does it."""
-    fields = job_form(encode_png(content), encode_png(style), params)
-    started = time.perf_counter()
-    status, _, data = server.post_form("/v1/jobs", fields)
-    if status != 202:
-        raise RuntimeError(f"job refused: HTTP {status}: {data[:300]!r}")
-    job = json.loads(data)["id"]
-    while True:
-        state = server.get_json(f"/v1/jobs/{job}")[1]["state"]
-        if state == "done":
-            break
-        if state in ("failed", "cancelled"):
-            raise RuntimeError(f"job {state}")
-        time.sleep(0.5)
-    status, _, _ = server.request("GET", f"/v1/jobs/{job}/result")
-    if status != 200:
-        raise RuntimeError(f"result: HTTP {status}")
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -103,8 +79,10 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
         LiveServer(Path(tmp), abandon_after_s=None) as server,
     ):
-        server_job(server, content, style, params)  # warm-up, as for the engine
-        through = server_job(server, content, style, params)
+        server.timed_job(
+            encode_png(content), encode_png(style), params
+        )  # warm-up, as for the engine
+        through = server.timed_job(encode_png(content), encode_png(style), params)
     print(
         f"\none {size} px job, {steps} L-BFGS steps, warm: engine alone {alone:.1f} s, "
         f"through HTTP + PNG + polling {through:.1f} s "

@@ -638,6 +638,14 @@ Evaluate = Callable[[np.ndarray], tuple[float, np.ndarray, dict[str, float]]]
 Report = Callable[[int, np.ndarray, dict[str, float]], None]
 
 
+def lbfgs_options(steps: int) -> dict[str, float]:
+    """scipy L-BFGS-B options for ``steps`` iterations (the benchmark measures the same ones).
+
+    Tolerances at zero: run the steps asked for, stopping only on a true standstill.
+    """
+    return {"maxiter": steps, "maxfun": steps * 2, "maxcor": 20, "ftol": 0.0, "gtol": 0.0}
+
+
 def _run_lbfgs(
     evaluate: Evaluate, x0: np.ndarray, steps: int, params: StyleParams, report: Report
 ) -> np.ndarray:
@@ -665,14 +673,7 @@ def _run_lbfgs(
             method="L-BFGS-B",
             bounds=scipy.optimize.Bounds(0.0, 1.0),
             callback=callback,
-            # Run the steps asked for: tolerances at zero stop only on a true standstill.
-            options={
-                "maxiter": steps,
-                "maxfun": steps * 2,
-                "maxcor": 20,
-                "ftol": 0.0,
-                "gtol": 0.0,
-            },
+            options=lbfgs_options(steps),
         )
     return result.x
 
