@@ -221,6 +221,7 @@ def health() -> Response:
         "backbone": "VGG19",
         "weights": engine.weights_description,
         "device": engine.device,
+        "precision": engine.precision,
         "loaded": engine.loaded,
         "queue": queue.stats(),
         "log": str(current_app.config["LOG_FILE"]) if current_app.config["LOG_FILE"] else None,

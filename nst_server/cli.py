@@ -233,7 +233,8 @@ def _stylize(ns: argparse.Namespace) -> int:
         engine = StyleEngine(ns.weights, fetch=True)
         params = StyleParams.from_mapping(overrides, engine.device)
         print(
-            f"weights: {engine.weights_description}\ndevice: {engine.device}; "
+            f"weights: {engine.weights_description}\ndevice: {engine.device} "
+            f"({engine.precision if params.precision == 'auto' else params.precision}); "
             f"{params.iterations} {params.optimizer} steps at max_size {params.max_size}",
             file=sys.stderr,
         )

@@ -40,6 +40,7 @@ class FakeEngine:
     """
 
     device = "cpu"
+    precision = "float32"
     weights_description = "fake weights (tests)"
 
     def __init__(

@@ -68,6 +68,36 @@ def detect_device() -> str:
     return "gpu" if gpus else "cpu"
 
 
+def native_bfloat16(device: str, cpu_flags: str | None = None) -> bool:
+    """Whether ``device`` has bfloat16 matrix units (where mixed bfloat16 is faster, not slower).
+
+    CPUs: the AMX-BF16 or AVX512-BF16 flags (oneDNN uses them; without them TensorFlow emulates
+    bfloat16 and is slower than float32). GPUs: NVIDIA compute capability 8.0 (Ampere) or later.
+    ``cpu_flags`` is the flags line of /proc/cpuinfo (read when None; tests pass their own).
+    """
+    if device == "gpu":
+        for gpu in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(gpu)
+            if tuple(details.get("compute_capability") or (0, 0)) < (8, 0):
+                return False
+        return True
+    if cpu_flags is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as info:
+                cpu_flags = next((ln for ln in info if ln.startswith("flags")), "")
+        except OSError:  # not Linux: no way to tell, float32 is the safe choice
+            return False
+    flags = set(cpu_flags.split(":", 1)[-1].split())
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def resolve_precision(precision: str, device: str, cpu_flags: str | None = None) -> str:
+    """The Keras dtype policy a job runs with: "auto" becomes mixed_bfloat16 or float32."""
+    if precision != "auto":
+        return precision
+    return "mixed_bfloat16" if native_bfloat16(device, cpu_flags) else "float32"
+
+
 def fit_size(height: int, width: int, long_side: int, *, upscale: bool = False) -> tuple[int, int]:
     """(h, w) scaled so the longer side is ``long_side`` (up only if ``upscale``), short >= 32."""
     longer, shorter = max(height, width), min(height, width)
@@ -95,11 +125,14 @@ def resize(image: np.ndarray | tf.Tensor, height: int, width: int) -> tf.Tensor:
 
 @dataclass(frozen=True)
 class _LayerPlan:
-    """Which extractor outputs are content and style features, for one layer configuration."""
+    """One compiled configuration: which extractor outputs are content and style features, the
+    dtype policy VGG19 computes in, and whether the step is XLA-compiled."""
 
     outputs: tuple[str, ...]
     content: tuple[int, ...]
     style: tuple[int, ...]
+    policy: str = "float32"
+    jit: bool = False
 
 
 class StyleEngine:
@@ -113,8 +146,11 @@ class StyleEngine:
             weights if isinstance(weights, WeightsSource) else resolve_weights(weights, fetch=fetch)
         )
         self.device = detect_device()
+        #: What precision "auto" means here (mixed_bfloat16 or float32).
+        self.precision = resolve_precision("auto", self.device)
         self._vgg: tf.keras.Model | None = None
-        self._extractors: dict[tuple[str, ...], tuple[_LayerPlan, tf.keras.Model]] = {}
+        self._networks: dict[str, tf.keras.Model] = {}  # mixed-precision copies, by policy
+        self._extractors: dict[tuple, tuple[_LayerPlan, tf.keras.Model]] = {}
         self._loss_fns: dict[_LayerPlan, Callable] = {}
         self._feature_fns: dict[_LayerPlan, Callable] = {}
         self._style_cache: collections.OrderedDict[tuple, list[tf.Tensor]] = (
@@ -151,6 +187,7 @@ class StyleEngine:
         """Drop the network and compiled functions (frees GPU memory while idle)."""
         with self._lock:
             self._vgg = None
+            self._networks.clear()
             self._extractors.clear()
             self._loss_fns.clear()
             self._feature_fns.clear()
@@ -179,11 +216,29 @@ class StyleEngine:
         )
         return vgg
 
+    def _network(self, policy: str) -> tf.keras.Model:
+        """VGG19 computing in ``policy``: the float32 network, or a copy made for a mixed policy
+        (layers compute in bfloat16/float16; the kernels are cast once, stored as float32)."""
+        if self._vgg is None:
+            self._vgg = self._build_vgg()
+        if policy == "float32":
+            return self._vgg
+        if policy not in self._networks:
+
+            def with_policy(layer: tf.keras.layers.Layer) -> tf.keras.layers.Layer:
+                return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
+
+            copy = tf.keras.models.clone_model(self._vgg, clone_function=with_policy)
+            copy.set_weights(self._vgg.get_weights())
+            copy.trainable = False
+            self._networks[policy] = copy
+        return self._networks[policy]
+
     def _plan(self, params: StyleParams) -> tuple[_LayerPlan, tf.keras.Model]:
-        key = (*params.content_layers, "|", *params.style_layers)
+        policy = self.precision if params.precision == "auto" else params.precision
+        key = (*params.content_layers, "|", *params.style_layers, policy, params.jit)
         if key not in self._extractors:
-            if self._vgg is None:
-                self._vgg = self._build_vgg()
+            network = self._network(policy)
             # Outputs in network order: the model then computes only up to the deepest one.
             outputs = tuple(
                 n for n in VGG19_LAYERS if n in params.content_layers or n in params.style_layers
@@ -192,10 +247,10 @@ class StyleEngine:
                 outputs=outputs,
                 content=tuple(outputs.index(n) for n in params.content_layers),
                 style=tuple(outputs.index(n) for n in params.style_layers),
+                policy=policy,
+                jit=params.jit,
             )
-            model = tf.keras.Model(
-                self._vgg.input, [self._vgg.get_layer(n).output for n in outputs]
-            )
+            model = tf.keras.Model(network.input, [network.get_layer(n).output for n in outputs])
             model.trainable = False
             self._extractors[key] = (plan, model)
         return self._extractors[key]
@@ -207,7 +262,7 @@ class StyleEngine:
 
             @tf.function(input_signature=[tf.TensorSpec((1, None, None, 3), tf.float32)])
             def features(image: tf.Tensor) -> list[tf.Tensor]:
-                return model(_preprocess(image), training=False)
+                return _as_float32(model(_preprocess(image), training=False))
 
             self._feature_fns[plan] = features
         return self._feature_fns[plan]
@@ -215,8 +270,10 @@ class StyleEngine:
     def _loss_fn(self, plan: _LayerPlan, model: tf.keras.Model) -> Callable:
         """The one compiled loss-and-gradient step for a layer plan, shared by every job.
 
-        Height and width are None in the signature, so a new image size does not retrace.
-        The mask is always given (all ones without one), so there is one graph, not two.
+        Height and width are None in the signature, so a new image size does not retrace (with
+        XLA each new size is still compiled once). The mask is always given (all ones without
+        one), so there is one graph, not two. ``loss_scale`` multiplies the loss before the
+        gradient and divides the gradient after: float16 gradients underflow without it.
         """
         if plan not in self._loss_fns:
             image_spec = tf.TensorSpec((1, None, None, 3), tf.float32)
@@ -227,18 +284,22 @@ class StyleEngine:
                 tf.TensorSpec((4,), tf.float32),  # content, style, tv, anchor weights
                 tf.TensorSpec((1, None, None, 1), tf.float32),  # mask
                 image_spec,  # the photo, for the anchor outside the mask
+                tf.TensorSpec((), tf.float32),  # loss scale
             ]
 
-            @tf.function(input_signature=signature)
-            def loss_and_grads(image, content_targets, style_targets, weights, mask, photo):
+            @tf.function(input_signature=signature, jit_compile=plan.jit)
+            def loss_and_grads(
+                image, content_targets, style_targets, weights, mask, photo, loss_scale
+            ):
                 with tf.GradientTape() as tape:
                     tape.watch(image)
-                    feats = model(_preprocess(image), training=False)
+                    feats = _as_float32(model(_preprocess(image), training=False))
                     terms = _loss_terms(
                         plan, feats, image, content_targets, style_targets, mask, photo
                     )
                     total = tf.reduce_sum(weights * terms)
-                return total, terms, tape.gradient(total, image)
+                    scaled = total * loss_scale
+                return total, terms, tape.gradient(scaled, image) / loss_scale
 
             self._loss_fns[plan] = loss_and_grads
         return self._loss_fns[plan]
@@ -407,6 +468,7 @@ class StyleEngine:
             ],
             tf.float32,
         )
+        scaler = _LossScale(plan.policy)
         opt_started = time.perf_counter()
         done_steps = 0
         x: np.ndarray | None = None
@@ -428,14 +490,20 @@ class StyleEngine:
                 ph=photo,
             ) -> tuple[float, np.ndarray, dict[str, float]]:
                 image = tf.constant(flat.reshape(1, h, w, 3), tf.float32)
-                total, terms, grad = loss_and_grads(image, ct, st, weights, m, ph)
+                while True:
+                    total, terms, grad = loss_and_grads(
+                        image, ct, st, weights, m, ph, tf.constant(scaler.value, tf.float32)
+                    )
+                    gradient = grad.numpy().reshape(-1)
+                    if scaler.accept(gradient):
+                        break
                 named = {
                     "total": float(total),
                     "content": float(terms[0]),
                     "style": float(terms[1]),
                     "tv": float(terms[2]),
                 }
-                return float(total), grad.numpy().reshape(-1), named
+                return float(total), gradient, named
 
             if x is None:
                 x = _initial_image(params, photo[0].numpy(), styles, init_image, (h, w))
@@ -513,6 +581,7 @@ class StyleEngine:
             weights,
             tf.ones((1, h, w, 1)),
             photo,
+            tf.constant(1.0, tf.float32),  # no gradient is used here
         )
         return {
             "total": float(total),
@@ -541,6 +610,33 @@ def scale_schedule(long_side: int, iterations: int, coarse_to_fine: bool) -> lis
     return list(zip(sides, steps, strict=True))
 
 
+class _LossScale:
+    """Dynamic loss scaling for float16, as in mixed-precision training: start high so small
+    gradients do not flush to zero, halve whenever the gradient overflows (and redo the step).
+    Other policies keep 1: bfloat16 has float32's exponent range."""
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        self.value = 2.0**15 if policy == "mixed_float16" else 1.0
+
+    def accept(self, gradient: np.ndarray) -> bool:
+        """True if ``gradient`` is usable; else lower the scale (caller retries) or raise."""
+        if self.policy != "mixed_float16" or np.isfinite(gradient).all():
+            return True
+        if self.value <= 1.0:
+            raise EngineError(
+                "the computation overflowed in float16; use precision 'mixed_bfloat16' or 'float32'"
+            )
+        self.value /= 2.0
+        return False
+
+
+def _as_float32(features: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """Features in float32 whatever the network computed in: Gram matrices and losses sum over
+    many positions, which bfloat16's 8-bit mantissa would not survive."""
+    return [tf.cast(f, tf.float32) for f in features]
+
+
 def _preprocess(image: tf.Tensor) -> tf.Tensor:
     """[0, 1] RGB -> Caffe-style BGR, 0..255, mean subtracted (the VGG weights' convention)."""
     bgr = tf.reverse(image, axis=[-1]) * 255.0
@@ -558,6 +654,7 @@ def _loss_terms(
 ) -> tf.Tensor:
     """[content, style, tv, anchor]; content and style averaged over their layers."""
     zero = tf.constant(0.0, tf.float32)
+    grid_masks = _masks_on_feature_grids(mask, [plan.outputs[i] for i in plan.style])
     content = tf.add_n(
         [
             losses.content_loss(feats[i], t)
@@ -568,7 +665,7 @@ def _loss_terms(
     # Without a mask the mask is all ones: the weighted Gram is then the plain one.
     style = tf.add_n(
         [
-            losses.style_loss(losses.gram_matrix(feats[i], mask), t)
+            losses.style_loss(losses.gram_matrix(feats[i], grid_masks[plan.outputs[i]]), t)
             for i, t in zip(plan.style, style_targets, strict=True)
         ]
         or [zero]
@@ -577,6 +674,21 @@ def _loss_terms(
     style /= max(1, len(plan.style))
     tv = losses.total_variation_loss(image)
     return tf.stack([content, style, tv, losses.anchor_loss(image, photo, mask)])
+
+
+def _masks_on_feature_grids(mask: tf.Tensor, layers: Sequence[str]) -> dict[str, tf.Tensor]:
+    """The mask (1 x H x W x 1) on each layer's grid: averaged over 2 x 2 'valid' windows once
+    per pooling before the layer, exactly as VGG19 shrinks the image (and XLA-compilable,
+    unlike an area resize)."""
+    out: dict[str, tf.Tensor] = {}
+    pooled, pools = mask, 0
+    for name in sorted(set(layers), key=VGG19_LAYERS.index):
+        block = int(name[len("block")]) - 1  # block N comes after N - 1 poolings
+        while pools < block:
+            pooled = tf.nn.avg_pool2d(pooled, 2, 2, "VALID")
+            pools += 1
+        out[name] = pooled
+    return out
 
 
 def _check_image(image: np.ndarray, what: str) -> None:

@@ -21,15 +21,15 @@ _EPS = 1e-8
 def gram_matrix(features: tf.Tensor, mask: tf.Tensor | None = None) -> tf.Tensor:
     """Channel correlations of ``features`` (1 x H x W x C), averaged over positions -> C x C.
 
-    With ``mask`` (1 x h x w x 1, values in [0, 1], any size) the average is weighted by the
-    mask, resized to the features' grid: the statistics of the masked region only.
+    With ``mask`` (1 x H x W x 1, values in [0, 1], on the features' grid) the average is
+    weighted by the mask: the statistics of the masked region only.
     """
     channels = tf.shape(features)[-1]
     flat = tf.reshape(features, (-1, channels))
     if mask is None:
         positions = tf.cast(tf.shape(flat)[0], features.dtype)
         return tf.matmul(flat, flat, transpose_a=True) / positions
-    weights = tf.reshape(tf.image.resize(mask, tf.shape(features)[1:3], method="area"), (-1, 1))
+    weights = tf.reshape(mask, (-1, 1))
     return tf.matmul(flat * weights, flat, transpose_a=True) / (tf.reduce_sum(weights) + _EPS)
 
 
