@@ -318,11 +318,9 @@ def section_per_step(res: Results, cfg: Config, engine: StyleEngine, content, st
         log(f"per-step {size} px: ours, {n + 1} L-BFGS steps")
         first, ours = engine_step_times(engine, content, style, size, n)
         log(f"  ours median {median(ours):.3f} s/step (first {first:.1f} s)")
-        log(f"per-step {size} px: ours in a fresh process with OPENBLAS_NUM_THREADS=1")
-        one_blas = _child_json(
-            ["--child-steps", "--size", str(size), "--steps", str(n)], OPENBLAS_NUM_THREADS="1"
-        )
-        log(f"  ours, 1 BLAS thread, median {one_blas['median']:.3f} s/step")
+        log(f"per-step {size} px: ours in float32, {n + 1} L-BFGS steps")
+        _, ours32 = engine_step_times(engine, content, style, size, n, precision="float32")
+        log(f"  ours float32 median {median(ours32):.3f} s/step")
         log(f"per-step {size} px: baseline, {n + 1} Adam steps (rebuilds the network)")
         run = run_baseline(CONTENT, STYLE, size, n + 1)
         log(
@@ -338,7 +336,8 @@ def section_per_step(res: Results, cfg: Config, engine: StyleEngine, content, st
                 "ours_min": min(ours, default=float("nan")),
                 "ours_max": max(ours, default=float("nan")),
                 "ours_first": first,
-                "ours_1blas": one_blas["median"],
+                "ours_float32": median(ours32),
+                "precision": engine.precision,
                 "baseline": median(run.step_times),
                 "baseline_min": min(run.step_times, default=float("nan")),
                 "baseline_max": max(run.step_times, default=float("nan")),
@@ -366,14 +365,16 @@ def section_quality(res: Results, cfg: Config, engine: StyleEngine, content, sty
             snapshot_steps=range(every, bl_steps + 1, every),
         )
         default = params_for(engine, size, StyleParams.for_device(engine.device).iterations)
-        terms = engine.loss_terms(run.image, content, [style], default)
+        # The common loss is always scored in float32, whatever precision the runs used.
+        scoring = dataclasses.replace(default, precision="float32")
+        terms = engine.loss_terms(run.image, content, [style], scoring)
         # Scored after the run (outside its clock): our loss along the baseline's trajectory.
         trajectory = {
-            k: engine.loss_terms(im, content, [style], default)["total"]
+            k: engine.loss_terms(im, content, [style], scoring)["total"]
             for k, im in sorted(run.snapshots.items())
         }
         photo = engine.loss_terms(
-            _resized(content, run.image.shape[:2]), content, [style], default
+            _resized(content, run.image.shape[:2]), content, [style], scoring
         )["total"]
         log(
             f"  baseline: {run.total_s:.1f} s, our loss {terms['total']:.4f} (the photo's "
@@ -417,7 +418,7 @@ def section_quality(res: Results, cfg: Config, engine: StyleEngine, content, sty
             runs.append(("final, one scale", one))
         for key, reach in runs:
             check = (
-                engine.loss_terms(reach.image, content, [style], default)["total"]
+                engine.loss_terms(reach.image, content, [style], scoring)["total"]
                 if reach.image is not None
                 else float("nan")
             )
@@ -439,10 +440,10 @@ def section_quality(res: Results, cfg: Config, engine: StyleEngine, content, sty
         row["ours_full_s"] = whole
         if ours is None:  # no full-size step at all (cannot happen with iterations >= 1)
             ours = _resized(content, run.image.shape[:2])
-        row["ours_full_loss"] = engine.loss_terms(ours, content, [style], default)
+        row["ours_full_loss"] = engine.loss_terms(ours, content, [style], scoring)
         log(f"  ours, whole default run: {whole:.1f} s, {row['ours_full_loss']}")
         row["per_layer"] = {
-            name: per_layer_style(engine, image, content, style, default)
+            name: per_layer_style(engine, image, content, style, scoring)
             for name, image in (
                 ("photo", _resized(content, run.image.shape[:2])),
                 ("baseline", run.image),
@@ -476,7 +477,7 @@ def _resized(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def server_job(server: LiveServer, content: np.ndarray, style: np.ndarray, params: dict) -> float:
     """Wall time of one job through the server as the plug-in does it: PNG-encode the upload,
-    POST /v1/jobs, poll every 0.5 s, GET the result."""
+    then the plug-in's own client (POST /v1/jobs, long polls, GET the result)."""
     started = time.perf_counter()
     content_png, style_png = encode_png(content), encode_png(style)
     encoding = time.perf_counter() - started
@@ -501,11 +502,38 @@ def section_edits(res: Results, cfg: Config, engine: StyleEngine, content, style
             crop = np.ascontiguousarray(content[:, : content.shape[1] * 2 // 3])
             other = server_job(server, crop, style, params)
             log(f"  second edit, new shape {crop.shape[1]}x{crop.shape[0]}: {other:.1f} s")
+            cold_first, cold_second = cold_engine_edits(content, style, size, steps)
             res.edits.append(
-                {"size": size, "steps": steps, "first": first, "second": second, "new_shape": other}
+                {
+                    "size": size,
+                    "steps": steps,
+                    "first": first,
+                    "second": second,
+                    "new_shape": other,
+                    "cold_first": cold_first,
+                    "cold_second": cold_second,
+                }
             )
             if index == len(cfg.edits) - 1:
                 section_overhead(res, engine, content, style, server, size, steps)
+
+
+def cold_engine_edits(
+    content: np.ndarray, style: np.ndarray, size: int, steps: int
+) -> tuple[float, float]:
+    """First and second edit on an engine loaded WITHOUT the start-up warm-up (VGG19 built,
+    nothing compiled): what the first edit would cost if the server did not compile at start."""
+    log(f"  in-process engine without the start-up warm-up, {size} px, {steps} steps")
+    cold = StyleEngine()
+    cold.load(warm_up=False)
+    p = params_for(cold, size, steps)
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        cold.stylize(content, [style], p)
+        times.append(time.perf_counter() - t0)
+    log(f"  cold engine: first {times[0]:.1f} s, second {times[1]:.1f} s")
+    return times[0], times[1]
 
 
 def section_overhead(
@@ -637,14 +665,6 @@ def _child_json(args: list[str], **env: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def child_steps(size: int, steps: int) -> None:
-    """Run in a fresh process: our per-step time at ``size`` px, printed as JSON."""
-    engine = StyleEngine()
-    engine.load()
-    first, times = engine_step_times(engine, load_rgb(CONTENT), load_rgb(STYLE), size, steps)
-    print(json.dumps({"first": first, "median": median(times)}))
-
-
 def child_lbfgs(size: int) -> None:
     """Run in a fresh process (BLAS threads are fixed at start-up): ``lbfgs_host_cost``."""
     per_iter, per_fun, setup = lbfgs_host_cost(size * 3 // 4, size)
@@ -665,14 +685,17 @@ def child_memory(which: str, size: int, steps: int) -> None:
 
 def section_variants(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:
     """Mixed precision and XLA against float32, if the engine offers them (params fields)."""
-    variants: list[tuple[str, dict]] = [("float32", {})]
+    variants: list[tuple[str, dict]] = [("float32", {"precision": "float32"})]
     if _has_param("precision"):
         variants += [
             ("mixed_bfloat16", {"precision": "mixed_bfloat16"}),
             ("mixed_float16", {"precision": "mixed_float16"}),
         ]
     if _has_param("jit"):
-        variants.append(("float32 + XLA", {"jit": True}))
+        variants += [
+            ("float32 + XLA", {"precision": "float32", "jit": True}),
+            ("mixed_bfloat16 + XLA", {"precision": "mixed_bfloat16", "jit": True}),
+        ]
     if len(variants) == 1:
         res.variant_note = (
             "TODO: StyleParams has no `precision` / `jit` fields yet; rerun when it has."
@@ -766,24 +789,26 @@ def render(res: Results, cfg: Config) -> str:
     add(
         "Median wall time of one optimisation step after the first (min-max in brackets). Ours: "
         "one L-BFGS-B iteration through the engine (one loss+gradient evaluation plus scipy's "
-        "bookkeeping). Baseline: its @tf.function Adam step. 'first' includes tracing. "
-        "'1 BLAS thread': ours again in a fresh process with OPENBLAS_NUM_THREADS=1, because "
-        "scipy's L-BFGS-B runs on OpenBLAS, whose threads (2 by default) spin against "
-        "TensorFlow's own thread pool on a 2-core machine.\n"
+        "bookkeeping) at the default precision `auto`, which here is "
+        f"`{res.per_step[0]['precision'] if res.per_step else '?'}`; 'ours float32' the same "
+        "with precision float32, the baseline's number format. Baseline: its @tf.function Adam "
+        "step. 'first': ours includes the painting's style targets (tracing was done when the "
+        "engine loaded); the baseline's includes tracing. GFLOP/s: the float32 step's.\n"
     )
     add(
-        "| size (processing) | ours s/step | baseline s/step | ratio | ours, 1 BLAS thread | "
-        "ours first | baseline setup + first | GFLOP/step | ours GFLOP/s |"
+        "| size (processing) | ours s/step | baseline s/step | ratio | ours float32 | ratio "
+        "float32 | ours first | baseline setup + first | GFLOP/step | ours float32 GFLOP/s |"
     )
-    add("|---|---|---|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|---|---|")
     for r in res.per_step:
         add(
             f"| {r['size']} px ({r['shape']}) | {r['ours']:.3f} ({r['ours_min']:.3f}-"
             f"{r['ours_max']:.3f}) | {r['baseline']:.3f} ({r['baseline_min']:.3f}-"
             f"{r['baseline_max']:.3f}) | {_ratio(r['baseline'], r['ours'])} | "
-            f"{r['ours_1blas']:.3f} | {r['ours_first']:.1f} s | "
+            f"{r['ours_float32']:.3f} | {_ratio(r['baseline'], r['ours_float32'])} | "
+            f"{r['ours_first']:.1f} s | "
             f"{r['baseline_setup']:.1f} + {r['baseline_first']:.1f} s "
-            f"| {r['gflop']:.0f} | {r['gflop'] / r['ours']:.0f} |"
+            f"| {r['gflop']:.0f} | {r['gflop'] / r['ours_float32']:.0f} |"
         )
     add("")
 
@@ -871,19 +896,30 @@ def render(res: Results, cfg: Config) -> str:
     add("## First and second edit on a warm server\n")
     add(
         "A real `python -m nst_server serve` subprocess, started and loaded (VGG19 built) "
-        "before timing; each job is POST /v1/jobs with PNGs, polling every 0.5 s as the "
-        "plug-in does, GET result. The same photo and painting twice, then a different "
-        "selection (a crop: a new image shape) with the same painting.\n"
+        "before timing; each job is PNG encoding plus the plug-in's own client "
+        "(`nst_client.run_job`: POST /v1/jobs, long polls, GET result). The same photo "
+        "and painting twice, then a different selection (a crop: a new image shape) with "
+        "the same painting.\n"
     )
-    add("| size, steps | first edit | second edit | ratio | saved | new shape, same painting |")
-    add("|---|---|---|---|---|---|")
+    add(
+        "| size, steps | first edit | second edit | ratio | saved | new shape, same painting | "
+        "engine without start-up warm-up: first / second (ratio) |"
+    )
+    add("|---|---|---|---|---|---|---|")
     for r in res.edits:
         add(
             f"| {r['size']} px, {r['steps']} | {r['first']:.1f} s | {r['second']:.1f} s | "
             f"{_ratio(r['first'], r['second'])} | {r['first'] - r['second']:.1f} s | "
-            f"{r['new_shape']:.1f} s |"
+            f"{r['new_shape']:.1f} s | {r['cold_first']:.1f} s / {r['cold_second']:.1f} s "
+            f"({_ratio(r['cold_first'], r['cold_second'])}) |"
         )
-    add("")
+    add(
+        "\nThe server compiles the default job's step while it starts (`StyleEngine.load`), "
+        "before /v1/health says ok, so a first edit no longer pays for tracing; what is left "
+        "between first and second is the painting's style targets (cached) and one-off work "
+        "per new shape. The last column is an in-process engine loaded without that warm-up: "
+        "the first edit as it was before it.\n"
+    )
 
     o = res.overhead
     if o:
@@ -891,7 +927,7 @@ def render(res: Results, cfg: Config) -> str:
         pct = 100 * (o["through"] - o["alone"]) / o["alone"]
         add(
             f"One warm {o['size']} px job of {o['steps']} steps, interleaved, best of 2 each: "
-            f"engine alone {o['alone']:.1f} s, through HTTP + PNG + 0.5 s polling "
+            f"engine alone {o['alone']:.1f} s, through HTTP + PNG + the plug-in's long polls "
             f"{o['through']:.1f} s: overhead {pct:+.1f}% (target at most 5%). All runs: alone "
             + ", ".join(f"{t:.1f}" for t in o["alone_all"])
             + " s; through the server "
@@ -916,9 +952,13 @@ def render(res: Results, cfg: Config) -> str:
         add("| variant | s/step |\n|---|---|\n| mixed_bfloat16, mixed_float16, XLA | TODO |\n")
     else:
         add(
-            "Per-step time of our engine at one size with each option. On a CPU these paths "
-            "exist so they cannot rot; they are not expected to be faster here (no bf16/fp16 "
-            "matrix units; casts cost).\n"
+            "Per-step time of our engine at one size with each option ('first': the first "
+            "step, which for a new option includes building the network copy and tracing). "
+            f"`auto` means `{res.machine.get('auto_precision', '?')}` on this machine: "
+            "bfloat16 runs on the CPU's AMX/AVX512-BF16 units through oneDNN; float16 has no "
+            "such units on a CPU and is emulated; XLA on a CPU compiles per image size and "
+            "does not beat TensorFlow's oneDNN kernels. On a GPU these are the options to "
+            "measure; tests run every one of them on the CPU so they cannot rot.\n"
         )
         add("| variant | size | s/step | vs float32 | first step |")
         add("|---|---|---|---|---|")
@@ -1030,6 +1070,8 @@ def run(cfg: Config, quick: bool) -> Results:
     content, style = load_rgb(CONTENT), load_rgb(STYLE)
     engine = StyleEngine()
     engine.load()
+    res.machine["auto_precision"] = engine.precision
+    log(f"precision 'auto' means {engine.precision} here")
     section_per_step(res, cfg, engine, content, style)
     section_quality(res, cfg, engine, content, style)
     section_edits(res, cfg, engine, content, style)
@@ -1048,7 +1090,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--child-memory", choices=("ours", "baseline"), help=argparse.SUPPRESS)
-    ap.add_argument("--child-steps", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child-lbfgs", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=128, help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
@@ -1058,9 +1099,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.child_lbfgs:
         child_lbfgs(args.size)
-        return
-    if args.child_steps:
-        child_steps(args.size, args.steps)
         return
     if not CONTENT.is_file() or not STYLE.is_file():
         sys.exit(f"test images not found ({CONTENT}, {STYLE}); set NST_SHARED_IMAGES")

@@ -85,7 +85,7 @@ def main() -> None:
         through = server.timed_job(encode_png(content), encode_png(style), params)
     print(
         f"\none {size} px job, {steps} L-BFGS steps, warm: engine alone {alone:.1f} s, "
-        f"through HTTP + PNG + polling {through:.1f} s "
+        f"through HTTP + PNG + the plug-in's polls {through:.1f} s "
         f"(overhead {100 * (through - alone) / alone:+.1f}%)"
     )
 

@@ -84,6 +84,9 @@ _CODES = {
 
 _EXTENSION = "nst_server"
 
+#: Longest a GET /v1/jobs/<id>?wait= may hold a request (one waitress thread each).
+MAX_LONG_POLL_S = 10.0
+
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
 
@@ -259,7 +262,15 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
-    snapshot = get_queue().snapshot(job_id)
+    """The job's state; with ``?since=<version>&wait=<s>`` a long poll: the answer comes as soon
+    as the job changes (a step, the end), or after ``wait`` s if nothing did."""
+    wait = _query_number("wait", 0.0, MAX_LONG_POLL_S)
+    since = _query_number("since", -1, 2**53, integer=True)
+    queue = get_queue()
+    if wait > 0 and since >= 0:
+        snapshot = queue.wait_snapshot(job_id, int(since), wait)
+    else:
+        snapshot = queue.snapshot(job_id)
     if snapshot is None:
         _unknown(job_id)
     return jsonify(snapshot)
@@ -341,6 +352,23 @@ def _limits() -> dict[str, Any]:
         "queue_capacity": get_queue().capacity,
         "abandon_after_s": cfg["ABANDON_AFTER_S"],
     }
+
+
+def _query_number(name: str, default: float, maximum: float, *, integer: bool = False) -> float:
+    """A numeric query parameter in [0, maximum], ``default`` when absent; 400 otherwise."""
+    text = request.args.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= maximum:  # also refuses nan
+        kind = "a whole number" if integer else "a number"
+        _fail(
+            400, "bad_query", f"{name} must be {kind} between 0 and {maximum:g}, got {text[:40]!r}"
+        )
+    return value
 
 
 def _unknown(job_id: str) -> NoReturn:

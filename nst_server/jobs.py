@@ -110,6 +110,8 @@ class Job:
     _preview: np.ndarray | None = field(default=None, repr=False)
     _preview_step: int = -1
     _preview_png: tuple[int, bytes] | None = field(default=None, repr=False)
+    #: Bumped on every change a client can see (state, progress): long polls wait for it.
+    version: int = 0
 
 
 class JobQueue:
@@ -141,6 +143,7 @@ class JobQueue:
         self._tick_s = tick_s
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        self._changed = threading.Condition(self._lock)  # some job's version went up
         self._jobs: dict[str, Job] = {}
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: Job | None = None
@@ -174,6 +177,7 @@ class JobQueue:
             if self._running is not None:
                 self._running.cancel_event.set()
             self._wake.notify_all()
+            self._changed.notify_all()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout)
@@ -239,6 +243,22 @@ class JobQueue:
             if touch:
                 job.last_seen = time.monotonic()
             return self._snapshot(job)
+
+    def wait_snapshot(self, job_id: str, since: int, timeout: float) -> dict[str, Any] | None:
+        """Like ``snapshot``, but first wait up to ``timeout`` s for the job's version to pass
+        ``since`` (a long poll: the client hears of each step and of the end at once, instead
+        of up to a poll interval late). Returns None if the job is unknown or forgotten."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                job = self._jobs.get(job_id)
+                if job is None:
+                    return None
+                job.last_seen = time.monotonic()  # a client waiting is a client polling
+                left = deadline - time.monotonic()
+                if job.version != since or left <= 0 or self._stopping:
+                    return self._snapshot(job)
+                self._changed.wait(left)
 
     def cancel(self, job_id: str, reason: str = "cancelled by the client") -> dict[str, Any] | None:
         """Cancel a job: a queued one is dropped now, a running one stops within one step.
@@ -306,6 +326,7 @@ class JobQueue:
             "bit_depth": job.bit_depth,
             "params": job.params.to_dict(),
             "preview": job._preview is not None,
+            "version": job.version,
         }
 
     def _cancel_locked(self, job: Job, reason: str) -> None:
@@ -328,6 +349,7 @@ class JobQueue:
         job.progress.pop("eta_s", None)
         job.content = job.styles = job.mask = job.init_image = None
         job.done_event.set()
+        self._bump(job)
 
     def _worker(self) -> None:
         self._load_engine(None)
@@ -342,6 +364,9 @@ class JobQueue:
                 job = self._waiting.popleft() if self._waiting else None
                 if job is not None:
                     job.state = RUNNING
+                    self._bump(job)
+                    for behind in self._waiting:  # their queue positions moved up
+                        self._bump(behind)
                     job.started = time.monotonic()
                     self._running = job
             if job is None:  # idle long enough: give the memory back
@@ -484,9 +509,15 @@ class JobQueue:
     ) -> None:
         with self._lock:
             job.progress.update(update)
+            self._bump(job)
             if preview is not None:
                 job._preview = preview
                 job._preview_step = step if step is not None else job._preview_step + 1
+
+    def _bump(self, job: Job) -> None:
+        """Record a visible change to ``job`` and wake its long polls (lock held)."""
+        job.version += 1
+        self._changed.notify_all()
 
     def _out_of_memory_message(self, job: Job) -> str:
         width, height = job.size

@@ -181,21 +181,15 @@ class LiveServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def timed_job(self, content: bytes, style: bytes, params: dict, poll_s: float = 0.5) -> float:
-        """Seconds from POST /v1/jobs to the result's bytes, polling every ``poll_s`` as the
-        plug-in does (benchmarks); RuntimeError if the job does not end done."""
+    def timed_job(self, content: bytes, style: bytes, params: dict) -> float:
+        """Seconds from submitting the PNGs to the result's bytes through the plug-in's own
+        client (``nst_client.run_job``: long polls), exactly as GIMP does it (benchmarks)."""
+        if str(REPO / "gimp_plugin" / "neural_style") not in sys.path:
+            sys.path.insert(0, str(REPO / "gimp_plugin" / "neural_style"))
+        import nst_client
+
         started = time.perf_counter()
-        status, _, data = self.post_form("/v1/jobs", job_form(content, style, params))
-        if status != 202:
-            raise RuntimeError(f"job refused: HTTP {status}: {data[:300]!r}")
-        job = json.loads(data)["id"]
-        while (state := self.get_json(f"/v1/jobs/{job}")[1]["state"]) != "done":
-            if state in ("failed", "cancelled"):
-                raise RuntimeError(f"job {state}: see {self.log_file}")
-            time.sleep(poll_s)
-        status, _, _ = self.request("GET", f"/v1/jobs/{job}/result")
-        if status != 200:
-            raise RuntimeError(f"result: HTTP {status}")
+        nst_client.run_job(nst_client.NstClient(self.url), content, [style], params)
         return time.perf_counter() - started
 
     # memory (Linux /proc)

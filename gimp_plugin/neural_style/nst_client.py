@@ -15,6 +15,7 @@ cancelled by the server, which is what frees it when GIMP kills this plug-in on 
 
 from __future__ import annotations
 
+import functools
 import http.client
 import ipaddress
 import json
@@ -47,8 +48,16 @@ CONFIG_NAME = "plugin.json"
 #: VGG19 warm-up take 10-40 s on a CPU.
 START_TIMEOUT_S = 180.0
 
-#: Poll period. The server cancels a job nobody polled for 30 s, so anything well below that.
+#: Poll period against a server without long polls, and the retry period when the server does
+#: not answer. The server cancels a job nobody polled for 30 s, so anything well below that.
 POLL_INTERVAL_S = 0.5
+
+#: Long poll: the server holds each status request up to this long and answers the moment the
+#: job changes, so the end of a job is seen at once rather than up to a poll period late.
+LONG_POLL_S = 5.0
+#: ... but at most one request per this many seconds: small jobs take 10+ steps a second, and
+#: a progress bar needs no more than a few updates a second.
+MIN_POLL_GAP_S = 0.2
 
 #: Quality presets, relative to the server's defaults for its device (read from /v1/params), so
 #: "Standard" is whatever the server thinks is right on a CPU or a GPU:
@@ -613,8 +622,14 @@ class NstClient:
             raise ServerError(f"The server accepted the job but sent no id: {doc!r:.200}")
         return job_id
 
-    def status(self, job_id: str) -> dict[str, Any]:
-        return self._json("GET", f"/v1/jobs/{urllib.parse.quote(job_id)}")
+    def status(self, job_id: str, since: int | None = None, wait: float = 0.0) -> dict[str, Any]:
+        """The job's state; with ``since`` (the last answer's ``version``) and ``wait`` the
+        server answers when the job changes, or after ``wait`` s."""
+        path = f"/v1/jobs/{urllib.parse.quote(job_id)}"
+        if since is not None and wait > 0:
+            path += f"?since={since}&wait={wait:g}"
+            return self._json("GET", path, timeout=max(self.timeout, wait + 30.0))
+        return self._json("GET", path)
 
     def result(self, job_id: str) -> bytes:
         _status, _ctype, body = self._request(
@@ -694,11 +709,16 @@ def run_job(
     timeout: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
     *,
+    long_poll: float = LONG_POLL_S,
+    min_gap: float = MIN_POLL_GAP_S,
     mask_png: bytes | None = None,
     init_png: bytes | None = None,
     on_note: Callable[[str], None] | None = None,
 ) -> bytes:
     """Submit a job, poll it to the end feeding ``progress``, and return the result PNG.
+
+    Polls are long polls (``long_poll`` s, at most one request per ``min_gap`` s) when the
+    server offers them (its answers carry a ``version``), else every ``poll_interval`` s.
 
     Raises ServerError with the job's own message when it fails, JobCancelled when it is
     cancelled on the server, JobLost when the server stops or restarts after accepting it
@@ -729,9 +749,11 @@ def run_job(
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    version: int | None = None
     try:
         while True:
-            status = fetch(client.status)
+            asked = time.monotonic()
+            status = fetch(functools.partial(client.status, since=version, wait=long_poll))
             state = status.get("state")
             note = (status.get("progress") or {}).get("note")
             if isinstance(note, str) and note and note not in notes:
@@ -758,7 +780,13 @@ def run_job(
                     f"The neural style job took longer than "
                     f"{format_duration(timeout)}; it was cancelled"
                 )
-            sleep(poll_interval)
+            version = status.get("version") if long_poll > 0 else None
+            if isinstance(version, int) and not isinstance(version, bool):
+                # The next request waits on the server; only keep the request rate sane.
+                sleep(max(0.0, min_gap - (time.monotonic() - asked)))
+            else:
+                version = None  # a server without long polls: plain polling
+                sleep(poll_interval)
     except JobLost:
         raise  # nothing to cancel: the server has no such job any more
     except BaseException:

@@ -177,11 +177,33 @@ class StyleEngine:
     def loaded(self) -> bool:
         return self._vgg is not None
 
-    def load(self) -> None:
-        """Build VGG19 with the real weights (a few seconds); idempotent."""
+    def load(self, *, warm_up: bool = True) -> None:
+        """Build VGG19 with the real weights and (``warm_up``) compile the default job's step:
+        a few seconds at server start rather than in the user's first edit; idempotent."""
         with self._lock:
             if self._vgg is None:
                 self._vgg = self._build_vgg()
+                if warm_up:
+                    self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Trace the default configuration's compiled functions on a tiny image: tracing costs
+        2-3 s on a CPU, once per engine; with None height/width no later size retraces."""
+        started = time.perf_counter()
+        plan, model = self._plan(StyleParams.for_device(self.device))
+        image = tf.fill((1, 64, 64, 3), 0.5)
+        feats = self._feature_fn(plan, model)(image)
+        grams = [losses.gram_matrix(feats[i]) for i in plan.style]
+        self._loss_fn(plan, model)(
+            image,
+            tuple(feats[i] for i in plan.content),
+            tuple(grams),
+            tf.constant([1.0, 1.0, 1.0, 0.0]),
+            tf.ones((1, 64, 64, 1)),
+            image,
+            tf.constant(1.0),
+        )
+        log.info("default step (%s) compiled in %.1f s", plan.policy, time.perf_counter() - started)
 
     def unload(self) -> None:
         """Drop the network and compiled functions (frees GPU memory while idle)."""

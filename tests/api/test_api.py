@@ -486,3 +486,14 @@ def test_unhandled_exception_is_a_json_500_without_traceback(make_app, caplog) -
     message = assert_error(response, 500, "internal_error", "server log")
     assert "private detail" not in message
     assert "private detail" in caplog.text  # logged server-side
+
+
+def test_long_poll_query_is_validated_and_answers_with_a_newer_version(client) -> None:
+    job_id = post_job(client, params={"iterations": 3}).get_json()["id"]
+    for query in ("wait=11", "wait=-1", "wait=nan", "wait=soon", "since=1.5", "since=-2"):
+        response = client.get(f"/v1/jobs/{job_id}?{query}")
+        assert_error(response, 400, "bad_query", query.split("=")[0], "between 0 and")
+    body = wait_done(client, job_id)
+    assert isinstance(body["version"], int) and body["version"] > 0
+    older = client.get(f"/v1/jobs/{job_id}?since=0&wait=5")
+    assert older.status_code == 200 and older.get_json()["version"] == body["version"]

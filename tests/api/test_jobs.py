@@ -300,3 +300,28 @@ def test_submit_is_thread_safe(make_queue) -> None:
     assert len(set(ids)) == 80
     for job_id in ids:
         assert wait_for(lambda job_id=job_id: finished(queue, job_id))["state"] == "done"
+
+
+def test_a_long_poll_answers_at_the_next_change_not_at_its_timeout(make_queue) -> None:
+    engine = FakeEngine()
+    engine.hold("optimising")
+    queue = make_queue(engine)
+    job = queue.submit(CONTENT, [STYLE], params(3))
+    assert engine.reached.wait(5)
+    seen = queue.snapshot(job.id)
+    started = time.monotonic()
+    # Nothing changes while the job is held: the poll waits its full timeout.
+    same = queue.wait_snapshot(job.id, seen["version"], 0.3)
+    assert same["version"] == seen["version"] and time.monotonic() - started >= 0.29
+    threading.Timer(0.2, engine.release).start()
+    started = time.monotonic()
+    changed = queue.wait_snapshot(job.id, seen["version"], 5.0)
+    waited = time.monotonic() - started
+    assert changed["version"] > seen["version"] and 0.15 < waited < 2.0
+    final = wait_for(lambda: finished(queue, job.id))
+    # A finished job's version no longer moves, so a stale 'since' answers at once.
+    started = time.monotonic()
+    assert queue.wait_snapshot(job.id, seen["version"], 5.0)["state"] == "done"
+    assert time.monotonic() - started < 0.5
+    assert queue.wait_snapshot("no-such-job", 0, 0.1) is None
+    assert final["version"] >= seen["version"] + 3  # steps 2, 3, encoding, done

@@ -144,6 +144,18 @@ def test_a_new_image_size_reuses_the_compiled_step(engine):
     assert step.experimental_get_tracing_count() == traced
 
 
+def test_load_compiles_the_default_step_so_the_first_edit_does_not(engine):
+    engine.unload()
+    engine.load()
+    defaults = StyleParams.for_device(engine.device)
+    step = engine._loss_fn(*engine._plan(defaults))  # noqa: SLF001
+    assert step.experimental_get_tracing_count() == 1  # traced by load()
+    engine.stylize(
+        synthetic_photo(), [synthetic_painting()], params(iterations=2, precision="auto")
+    )
+    assert step.experimental_get_tracing_count() == 1
+
+
 def test_unload_frees_the_network_and_the_next_job_reloads_it(engine):
     engine.unload()
     assert not engine.loaded and engine.cached_styles == 0

@@ -589,11 +589,11 @@ def test_run_job_rides_over_one_refused_poll(fake) -> None:
     calls = {"n": 0}
     real_status = client.status
 
-    def flaky(job_id: str) -> dict:
+    def flaky(job_id: str, **long_poll: object) -> dict:
         calls["n"] += 1
         if calls["n"] == 2:
             raise nst_client.ServerUnreachable("Cannot reach: connection refused")
-        return real_status(job_id)
+        return real_status(job_id, **long_poll)
 
     client.status = flaky  # type: ignore[method-assign]
     png = nst_client.run_job(

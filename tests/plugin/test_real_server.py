@@ -114,3 +114,37 @@ def test_bad_params_give_a_readable_message(started_server: nst_client.NstClient
     assert info.value.status == 400
     assert "iterations" in str(info.value)
     assert "Traceback" not in str(info.value)
+
+
+def test_polls_are_long_polls_that_hear_each_step(started_server: nst_client.NstClient) -> None:
+    """The client waits on the server instead of sleeping between polls, so it hears of steps
+    (and the end) as they happen; a fallback to plain polling would sleep ``poll_interval``."""
+    client = started_server
+    asked: list[int | None] = []
+    real_status = client.status
+
+    def status(job_id: str, **long_poll):
+        asked.append(long_poll.get("since"))
+        return real_status(job_id, **long_poll)
+
+    client.status = status  # type: ignore[method-assign]
+    sleeps: list[float] = []
+    steps: list[str] = []
+    try:
+        nst_client.run_job(
+            client,
+            nst_client.encode_png(_photo(96, 72)),
+            [nst_client.encode_png(_stripes(64))],
+            {"iterations": 12, "max_size": 96},
+            progress=lambda fraction, text: steps.append(text),
+            poll_interval=5.0,
+            sleep=sleeps.append,
+            min_gap=0.0,
+        )
+    finally:
+        del client.status
+    assert asked[0] is None and all(isinstance(v, int) for v in asked[1:]), asked
+    assert asked[1:] == sorted(asked[1:]) and len(asked) >= 3
+    assert max(sleeps, default=0.0) == 0.0, sleeps  # never the 5 s plain-poll sleep
+    seen = {text for text in steps if text.startswith("Neural style: step ")}
+    assert len(seen) >= 4, steps  # 12 steps: a plain 5 s poll would see one or two
