@@ -23,7 +23,7 @@ import scipy.optimize
 import tensorflow as tf
 from threadpoolctl import threadpool_limits
 
-from nst_server.engine import colour, losses, memory
+from nst_server.engine import colour, lbfgs, losses, memory
 from nst_server.engine.errors import EngineError
 from nst_server.engine.progress import Progress, ProgressCallback
 from nst_server.params import VGG19_LAYERS, StyleParams
@@ -54,6 +54,8 @@ _STEP_DECAY = 0.6
 #: 0.003) while each stroke varies in colour like paint, and the stars and swirls stay whole.
 #: "match" looked better.
 _COLOUR_METHOD = "match"
+#: L-BFGS history length (both implementations).
+LBFGS_MEMORY = 20
 #: Weight of the pixel anchor outside a mask: strong enough that the outside stays the photo.
 _ANCHOR_WEIGHT = 100.0
 
@@ -146,6 +148,10 @@ class StyleEngine:
             weights if isinstance(weights, WeightsSource) else resolve_weights(weights, fetch=fetch)
         )
         self.device = detect_device()
+        #: Which L-BFGS runs: "tensorflow" (nst_server.engine.lbfgs, on the device: a GPU never
+        #: waits for the host) or "scipy" (L-BFGS-B on the host, the CPU default). Tests and
+        #: benchmarks set it to run the GPU's optimiser on a CPU.
+        self.lbfgs = "tensorflow" if self.device == "gpu" else "scipy"
         #: What precision "auto" means here (mixed_bfloat16 or float32).
         self.precision = resolve_precision("auto", self.device)
         self._vgg: tf.keras.Model | None = None
@@ -502,30 +508,31 @@ class StyleEngine:
             style_targets = tuple(self._style_targets(plan, model, styles, style_side, blend))
             mask_here = tf.ones((1, h, w, 1)) if mask is None else resize(mask, h, w)[tf.newaxis]
 
-            def evaluate(
-                flat: np.ndarray,
-                h=h,
-                w=w,
+            def evaluate_tensor(
+                image: tf.Tensor,
                 ct=content_targets,
                 st=style_targets,
                 m=mask_here,
                 ph=photo,
-            ) -> tuple[float, np.ndarray, dict[str, float]]:
-                image = tf.constant(flat.reshape(1, h, w, 3), tf.float32)
+            ) -> tuple[float, tf.Tensor, dict[str, float]]:
                 while True:
                     total, terms, grad = loss_and_grads(
                         image, ct, st, weights, m, ph, tf.constant(scaler.value, tf.float32)
                     )
-                    gradient = grad.numpy().reshape(-1)
-                    if scaler.accept(gradient):
+                    if scaler.accept(grad):
                         break
-                named = {
-                    "total": float(total),
-                    "content": float(terms[0]),
-                    "style": float(terms[1]),
-                    "tv": float(terms[2]),
-                }
-                return float(total), gradient, named
+                values = tf.concat([total[tf.newaxis], terms[:3]], 0).numpy()  # one transfer
+                named = dict(
+                    zip(("total", "content", "style", "tv"), map(float, values), strict=True)
+                )
+                return named["total"], grad, named
+
+            def evaluate(
+                flat: np.ndarray, h=h, w=w, evaluate_tensor=evaluate_tensor
+            ) -> tuple[float, np.ndarray, dict[str, float]]:
+                image = tf.constant(flat.reshape(1, h, w, 3), tf.float32)
+                total, grad, named = evaluate_tensor(image)
+                return total, grad.numpy().reshape(-1), named
 
             if x is None:
                 x = _initial_image(params, photo[0].numpy(), styles, init_image, (h, w))
@@ -563,10 +570,19 @@ class StyleEngine:
                     )
                 )
 
-            optimise = _run_lbfgs if params.optimizer == "lbfgs" else _run_adam
-            x = optimise(evaluate, x.astype(np.float64).reshape(-1), steps, params, report).reshape(
-                h, w, 3
-            )
+            if params.optimizer == "lbfgs" and self.lbfgs == "tensorflow":
+                x = lbfgs.minimize(
+                    evaluate_tensor,
+                    tf.constant(x[np.newaxis], tf.float32),
+                    steps,
+                    memory=LBFGS_MEMORY,
+                    callback=lambda i, xt, named, report=report: report(i, xt.numpy(), named),
+                ).numpy()[0]
+            else:
+                optimise = _run_lbfgs if params.optimizer == "lbfgs" else _run_adam
+                x = optimise(
+                    evaluate, x.astype(np.float64).reshape(-1), steps, params, report
+                ).reshape(h, w, 3)
             done_steps += steps
         assert x is not None
         return x.astype(np.float32)
@@ -777,7 +793,13 @@ def lbfgs_options(steps: int) -> dict[str, float]:
 
     Tolerances at zero: run the steps asked for, stopping only on a true standstill.
     """
-    return {"maxiter": steps, "maxfun": steps * 2, "maxcor": 20, "ftol": 0.0, "gtol": 0.0}
+    return {
+        "maxiter": steps,
+        "maxfun": steps * 2,
+        "maxcor": LBFGS_MEMORY,
+        "ftol": 0.0,
+        "gtol": 0.0,
+    }
 
 
 def _run_lbfgs(
