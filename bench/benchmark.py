@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.baseline_tf_tutorial import run_baseline  # noqa: E402
 from nst_server.engine import Cancelled, Progress, StyleEngine  # noqa: E402
-from nst_server.engine.core import fit_size, lbfgs_options  # noqa: E402
+from nst_server.engine.core import fit_size, lbfgs_options, scale_schedule  # noqa: E402
 from nst_server.images import encode_png  # noqa: E402
 from nst_server.params import StyleParams  # noqa: E402
 from tests.conftest import SHARED_IMAGES, load_rgb  # noqa: E402
@@ -65,6 +65,7 @@ class Config:
     lbfgs_sizes: tuple[int, ...]  # sizes for the host-side L-BFGS-B cost
     variant_size: int
     variant_steps: int
+    edit_steps: int  # steps of the whole default edit per L-BFGS implementation
 
 
 FULL = Config(
@@ -82,6 +83,7 @@ FULL = Config(
     lbfgs_sizes=(256, 512),
     variant_size=256,
     variant_steps=5,
+    edit_steps=150,
 )
 
 QUICK = Config(
@@ -95,6 +97,7 @@ QUICK = Config(
     lbfgs_sizes=(128,),
     variant_size=128,
     variant_steps=3,
+    edit_steps=20,
 )
 
 
@@ -307,7 +310,7 @@ class Results:
     overhead: dict = field(default_factory=dict)
     memory: list[dict] = field(default_factory=list)
     variants: list[dict] = field(default_factory=list)
-    variant_note: str = ""
+    optimisers: list[dict] = field(default_factory=list)  # one default edit per L-BFGS
     lbfgs_host: list[dict] = field(default_factory=list)
 
 
@@ -622,19 +625,59 @@ def lbfgs_host_cost(height: int, width: int, iterations: int = 20) -> tuple[floa
     return per_iter, per_fun, first_call[0] - started
 
 
+def ours_lbfgs_host_cost(height: int, width: int, iterations: int = 20) -> tuple[float, float]:
+    """(s per iteration, of which the function) of nst_server.engine.lbfgs on the same trivial
+    quadratic as ``lbfgs_host_cost``: the optimiser's own work per iteration (two-loop recursion
+    over 20 pairs, projection, Armijo test), here on the CPU, on a GPU on the device."""
+    import tensorflow as tf
+
+    from nst_server.engine import lbfgs
+    from nst_server.engine.core import LBFGS_MEMORY
+
+    n = height * width * 3
+    rng = np.random.default_rng(0)
+    target = tf.constant(rng.uniform(0.0, 1.0, n), tf.float32)
+    scale = tf.constant(rng.uniform(0.1, 10.0, n), tf.float32)
+    spent = [0.0]
+    stamps: list[float] = []
+    calls: list[float] = []
+
+    def objective(x: tf.Tensor) -> tuple[float, tf.Tensor, None]:
+        t0 = time.perf_counter()
+        d = x - target
+        loss = float(0.5 * tf.reduce_sum(scale * d * d))
+        spent[0] += time.perf_counter() - t0
+        return loss, scale * d, None
+
+    def callback(iteration: int, x: tf.Tensor, extra: object) -> None:
+        stamps.append(time.perf_counter())
+        calls.append(spent[0])
+
+    lbfgs.minimize(
+        objective, tf.fill((n,), 0.5), iterations, memory=LBFGS_MEMORY, callback=callback
+    )
+    half = len(stamps) // 2
+    per_iter = (stamps[-1] - stamps[half]) / max(1, len(stamps) - 1 - half)
+    per_fun = (calls[-1] - calls[half]) / max(1, len(calls) - 1 - half)
+    return per_iter, per_fun
+
+
 def section_lbfgs_host(res: Results, cfg: Config) -> None:
-    res.loads["L-BFGS-B host"] = load_avg()
+    res.loads["L-BFGS host"] = load_avg()
     for size in cfg.lbfgs_sizes:
         h, w = size * 3 // 4, size
-        log(f"scipy L-BFGS-B host cost at {w}x{h}x3 variables")
+        log(f"L-BFGS bookkeeping at {w}x{h}x3 variables")
         row: dict = {"size": size, "shape": f"{w}x{h}"}
-        for label, env in (("default", {}), ("1 thread", {"OPENBLAS_NUM_THREADS": "1"})):
-            got = _child_json(["--child-lbfgs", "--size", str(size)], **env)
-            log(
-                f"  OpenBLAS {label}: {got['iteration']:.3f} s/iteration, of which the trivial "
-                f"function {got['function']:.3f} s; set-up {got['setup']:.2f} s"
-            )
-            row[label] = got
+        # scipy as the engine runs it (one OpenBLAS thread; fixed at process start: a child).
+        got = _child_json(["--child-lbfgs", "--size", str(size)], OPENBLAS_NUM_THREADS="1")
+        log(
+            f"  scipy L-BFGS-B: {got['iteration']:.3f} s/iteration, of which the trivial "
+            f"function {got['function']:.3f} s; set-up {got['setup']:.2f} s"
+        )
+        row["scipy"] = got
+        per_iter, per_fun = ours_lbfgs_host_cost(h, w)
+        log(f"  ours: {per_iter:.3f} s/iteration, of which the function {per_fun:.3f} s")
+        row["ours"] = {"iteration": per_iter, "function": per_fun, "setup": 0.0}
         res.lbfgs_host.append(row)
 
 
@@ -684,37 +727,49 @@ def child_memory(which: str, size: int, steps: int) -> None:
 
 
 def section_variants(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:
-    """Mixed precision and XLA against float32, if the engine offers them (params fields)."""
-    variants: list[tuple[str, dict]] = [("float32", {"precision": "float32"})]
-    if _has_param("precision"):
-        variants += [
-            ("mixed_bfloat16", {"precision": "mixed_bfloat16"}),
-            ("mixed_float16", {"precision": "mixed_float16"}),
-        ]
-    if _has_param("jit"):
-        variants += [
-            ("float32 + XLA", {"precision": "float32", "jit": True}),
-            ("mixed_bfloat16 + XLA", {"precision": "mixed_bfloat16", "jit": True}),
-        ]
-    if len(variants) == 1:
-        res.variant_note = (
-            "TODO: StyleParams has no `precision` / `jit` fields yet; rerun when it has."
-        )
-        log("variants: " + res.variant_note)
-        return
+    """Per-step time with each precision / XLA / L-BFGS option; then one whole default edit with
+    each L-BFGS implementation (time and the loss it ends at)."""
+    variants: list[tuple[str, dict, str]] = [
+        ("float32", {"precision": "float32"}, "tensorflow"),
+        ("mixed_bfloat16", {"precision": "mixed_bfloat16"}, "tensorflow"),
+        ("mixed_float16", {"precision": "mixed_float16"}, "tensorflow"),
+        ("float32 + XLA", {"precision": "float32", "jit": True}, "tensorflow"),
+        ("mixed_bfloat16 + XLA", {"precision": "mixed_bfloat16", "jit": True}, "tensorflow"),
+        ("auto, scipy L-BFGS-B", {}, "scipy"),
+        ("auto, our L-BFGS (default)", {}, "tensorflow"),
+    ]
     size, n = cfg.variant_size, cfg.variant_steps
     res.loads["variants"] = load_avg()
-    for label, overrides in variants:
-        log(f"variant {label}, {size} px, {n + 1} steps")
-        try:
-            first, times = engine_step_times(engine, content, style, size, n, **overrides)
-            res.variants.append(
-                {"label": label, "size": size, "first": first, "step": median(times)}
-            )
-            log(f"  {median(times):.3f} s/step (first {first:.1f} s)")
-        except Exception as exc:  # an option unsupported on this device is a result too
-            res.variants.append({"label": label, "size": size, "error": str(exc)[:120]})
-            log(f"  failed: {exc}")
+    default_backend = engine.lbfgs
+    try:
+        for label, overrides, backend in variants:
+            engine.lbfgs = backend
+            log(f"variant {label}, {size} px, {n + 1} steps")
+            try:
+                first, times = engine_step_times(engine, content, style, size, n, **overrides)
+                res.variants.append(
+                    {"label": label, "size": size, "first": first, "step": median(times)}
+                )
+                log(f"  {median(times):.3f} s/step (first {first:.1f} s)")
+            except Exception as exc:  # an option unsupported on this device is a result too
+                res.variants.append({"label": label, "size": size, "error": str(exc)[:120]})
+                log(f"  failed: {exc}")
+        defaults = StyleParams.for_device(engine.device)
+        params = dataclasses.replace(defaults, iterations=cfg.edit_steps)
+        scoring = dataclasses.replace(params, precision="float32")
+        for backend in ("scipy", "tensorflow"):
+            engine.lbfgs = backend
+            engine.stylize(content, [style], params)  # warm: targets cached, as in a server
+            log(f"default edit ({params.max_size} px, {params.iterations} steps), {backend}")
+            t0 = time.perf_counter()
+            out = engine.stylize(content, [style], params)
+            seconds = time.perf_counter() - t0
+            h, w = fit_size(*content.shape[:2], params.max_size)
+            loss = engine.loss_terms(_resized(out, (h, w)), content, [style], scoring)["total"]
+            log(f"  {seconds:.1f} s, loss {loss:.4f}")
+            res.optimisers.append({"lbfgs": backend, "seconds": seconds, "loss": loss})
+    finally:
+        engine.lbfgs = default_backend
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -946,57 +1001,58 @@ def render(res: Results, cfg: Config) -> str:
         add(f"| {r['size']} px | {r['ours']:.0f} MB | {r['baseline']:.0f} MB |")
     add("")
 
-    add("## Mixed precision and XLA (CPU)\n")
-    if res.variant_note:
-        add(f"{res.variant_note}\n")
-        add("| variant | s/step |\n|---|---|\n| mixed_bfloat16, mixed_float16, XLA | TODO |\n")
-    else:
+    add("## Precision, XLA and the L-BFGS implementation (CPU)\n")
+    add(
+        "Per-step time of our engine at one size with each option ('first': the first step, "
+        "which for an option not used before includes building the network copy and tracing; "
+        "XLA also compiles per image size). "
+        f"`auto` means `{res.machine.get('auto_precision', '?')}` on this machine (bfloat16 "
+        "where the CPU has AMX or AVX512-BF16 units, which oneDNN uses; float32 elsewhere). "
+        "On a GPU these are the options to measure; the tests run every one of them on the "
+        "CPU so that they cannot rot.\n"
+    )
+    add("| variant | size | s/step | vs float32 | first step |")
+    add("|---|---|---|---|---|")
+    base = next((v["step"] for v in res.variants if v["label"] == "float32"), float("nan"))
+    for v in res.variants:
+        if "error" in v:
+            add(f"| {v['label']} | {v['size']} px | failed: {v['error']} | | |")
+        else:
+            add(
+                f"| {v['label']} | {v['size']} px | {v['step']:.3f} | "
+                f"{_ratio(base, v['step'])} | {v['first']:.1f} s |"
+            )
+    add("")
+    if res.optimisers:
         add(
-            "Per-step time of our engine at one size with each option ('first': the first "
-            "step, which for a new option includes building the network copy and tracing). "
-            f"`auto` means `{res.machine.get('auto_precision', '?')}` on this machine: "
-            "bfloat16 runs on the CPU's AMX/AVX512-BF16 units through oneDNN; float16 has no "
-            "such units on a CPU and is emulated; XLA on a CPU compiles per image size and "
-            "does not beat TensorFlow's oneDNN kernels. On a GPU these are the options to "
-            "measure; tests run every one of them on the CPU so they cannot rot.\n"
+            f"One whole default edit ({cfg.edit_steps} steps at the device's default size, "
+            "coarse to fine, warm), with each L-BFGS: wall time, and the loss of the result "
+            "(float32, at the processing size; lower is closer to the objective).\n"
         )
-        add("| variant | size | s/step | vs float32 | first step |")
-        add("|---|---|---|---|---|")
-        base = next((v["step"] for v in res.variants if v["label"] == "float32"), float("nan"))
-        for v in res.variants:
-            if "error" in v:
-                add(f"| {v['label']} | {v['size']} px | failed: {v['error']} | | |")
-            else:
-                add(
-                    f"| {v['label']} | {v['size']} px | {v['step']:.3f} | "
-                    f"{_ratio(base, v['step'])} | {v['first']:.1f} s |"
-                )
+        add("| L-BFGS | seconds | loss |")
+        add("|---|---|---|")
+        for o in res.optimisers:
+            name = "scipy L-BFGS-B" if o["lbfgs"] == "scipy" else "ours, on TensorFlow (default)"
+            add(f"| {name} | {o['seconds']:.1f} | {o['loss']:.4f} |")
         add("")
 
-    add("## Host-side cost of scipy's L-BFGS-B\n")
+    add("## The optimiser's own work per iteration\n")
     add(
-        "Seconds per L-BFGS-B iteration (bounds [0, 1], maxcor 20, as the engine) on a trivial "
-        "function with as many variables as the image has values; the function's own time is "
-        "shown apart. This part runs on the CPU whatever the device, so on a GPU it is a floor "
-        "under every step. Set-up: once per run and scale (scipy's bounds conversion is a "
-        "Python loop over every variable). Most of an iteration is L-BFGS-B's compact-matrix "
-        "work, which grows with maxcor^2 x variables: maxcor 5-10 would cost a fraction.\n"
+        "Seconds per L-BFGS iteration (history 20, pixels kept in [0, 1], as the engine) on a "
+        "trivial function with as many variables as the image has values; the function's own "
+        "time is shown apart, the rest is the optimiser. scipy's runs on the host in float64 "
+        "(one OpenBLAS thread, as the engine runs it), so on a GPU it would be a floor under "
+        "every step plus two PCIe copies; its set-up is a Python loop over every variable, once "
+        "per run and scale. Ours runs wherever TensorFlow places the tensors.\n"
     )
-    add(
-        "| size | variables | OpenBLAS threads | s/iteration | of which the function | share of "
-        "our CPU step | set-up per run |"
-    )
-    add("|---|---|---|---|---|---|---|")
-    ours_step = {r["size"]: r["ours"] for r in res.per_step}
+    add("| size | variables | L-BFGS | s/iteration | of which the function | set-up per run |")
+    add("|---|---|---|---|---|---|")
     for r in res.lbfgs_host:
-        step = ours_step.get(r["size"])
-        for label in ("default", "1 thread"):
+        for label in ("scipy", "ours"):
             q = r[label]
-            share = q["iteration"] - q["function"]
             add(
                 f"| {r['size']} px | {r['shape']}x3 | {label} | {q['iteration']:.3f} | "
-                f"{q['function']:.3f} | {f'{100 * share / step:.0f}%' if step else 'n/a'} | "
-                f"{q['setup']:.2f} s |"
+                f"{q['function']:.3f} | {q['setup']:.2f} s |"
             )
     add("")
     add(gpu_section(res))
@@ -1035,28 +1091,46 @@ def gpu_section(res: Results | None = None) -> str:
         f"{step / ref_ms:.0f} TFLOP/s effective: fp32/TF32-class throughput plus per-step "
         "overhead (kernel launches, the L-BFGS update on 786k values), far from the bf16 "
         "bound. TensorFlow runs float32 convolutions as TF32 on Ampere/Hopper by default, so "
-        "our compute alone would be ~2 ms/step in float32 and ~1 ms in mixed bfloat16 + XLA. "
-        "But our L-BFGS is scipy's, on the host: each evaluation copies the image and gradient "
-        "between GPU and CPU (float64, 6 MB each way, ~1 ms over PCIe) and each iteration does "
-        "the L-BFGS-B update on the CPU (measured above).\n",
+        "our compute alone would be ~2 ms/step in float32 and ~1 ms in mixed bfloat16.\n",
     ]
-    host = next((r for r in (res.lbfgs_host if res else []) if r["size"] == 512), None)
-    if host:
-        per = min(q["iteration"] - q["function"] for q in (host["default"], host["1 thread"]))
-        lines.append(
-            f"Measured here, that update costs {per * 1e3:.0f} ms per iteration at 512 px "
-            "(better of the two thread settings; this CPU), so "
-            f"{PYTORCH_REF_STEPS} steps would take at least {per * PYTORCH_REF_STEPS:.0f} s on "
-            f"any GPU with this optimiser, against the reference's {PYTORCH_REF_S:.0f} s: to "
-            "approach it on a GPU, L-BFGS must run on the device (e.g. a TF two-loop "
-            "recursion), and mixed precision/XLA only pay off after that. Not measured: no "
-            "GPU on this machine.\n"
+    tf32 = H100["TF32 tensor"] * GPU_EFFICIENCY
+
+    # The L-BFGS two-loop over 20 pairs reads/writes ~210 image-sized float32 vectors per
+    # iteration; ~170 eager op launches (~10 us each) and ~5 scalar reads to the host.
+    def lbfgs_ms(values: int) -> float:
+        return 210 * values * 4 / 2.5e12 * 1e3 + 170 * 0.01 + 5 * 0.03
+
+    n = 512 * 512 * 3
+    lines.append(
+        "Our L-BFGS runs on the device (`nst_server/engine/lbfgs.py`, the default): per "
+        f"iteration at 512 px it moves ~{210 * n * 4 / 1e9:.1f} GB through memory (~"
+        f"{210 * n * 4 / 2.5e12 * 1e3:.2f} ms at 2.5 TB/s) and launches ~170 small eager ops, "
+        f"so about {lbfgs_ms(n):.1f} ms per iteration on top of the step, and no PCIe copies of "
+        "the image (scipy's would copy image and gradient each way per evaluation, in "
+        "float64, and do its update on the host: measured above).\n"
+    )
+    for label, long_side, c2f in (("512 px", 512, False), ("2048 px coarse to fine", 2048, True)):
+        h = long_side * 3 // 4
+        schedule = scale_schedule(long_side, PYTORCH_REF_STEPS, c2f)
+        sizes = [fit_size(h, long_side, side, upscale=True) for side, _ in schedule]
+        gflop = sum(
+            steps * 2 * vgg19_gflop(*hw) for (_, steps), hw in zip(schedule, sizes, strict=True)
         )
-    else:
-        lines.append(
-            "The full run measures that update at 512 px and states the floor it puts under "
-            "a GPU step. Not measured: no GPU on this machine.\n"
+        optimiser = sum(
+            steps * lbfgs_ms(hw[0] * hw[1] * 3) / 1e3
+            for (_, steps), hw in zip(schedule, sizes, strict=True)
         )
+        seconds = gflop * 1e9 / tf32 + optimiser
+        lines.append(
+            f"- {label} ({long_side}x{h}, {PYTORCH_REF_STEPS} steps, the GPU defaults: passes "
+            + ", ".join(f"{side} px x {steps}" for side, steps in schedule)
+            + f"): {gflop / 1e3:.0f} TFLOP, so about {seconds:.1f} s at {GPU_EFFICIENCY:.0%} of "
+            f"TF32 peak, of which {optimiser:.1f} s is the optimiser (estimate, not measured)."
+        )
+    lines.append(
+        "\nReference: 6 s at 512 px and 13 s for 2048 px coarse to fine (PyTorch, H100). Not "
+        "measured here: no GPU on this machine.\n"
+    )
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""The on-device L-BFGS (the GPU's optimiser), run on the CPU so it cannot rot where no GPU is."""
+"""The engine's own L-BFGS on TensorFlow tensors (the default, on GPU and CPU), against scipy's
+L-BFGS-B (the alternative, still selectable)."""
 
 from __future__ import annotations
 
@@ -56,9 +57,10 @@ def test_steepest_descent_without_history_and_newton_on_a_quadratic_with_it():
 
 @pytest.fixture
 def device_lbfgs(engine):
+    default = engine.lbfgs
     engine.lbfgs = "tensorflow"
     yield engine
-    engine.lbfgs = "scipy" if engine.device == "cpu" else "tensorflow"
+    engine.lbfgs = default
 
 
 def totals(engine, **overrides) -> tuple[np.ndarray, list[float]]:
