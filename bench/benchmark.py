@@ -38,10 +38,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from bench.baseline_tf_tutorial import run_baseline  # noqa: E402
 from nst_server.engine import Cancelled, Progress, StyleEngine  # noqa: E402
 from nst_server.engine.core import fit_size, lbfgs_options, scale_schedule  # noqa: E402
-from nst_server.images import encode_png  # noqa: E402
 from nst_server.params import StyleParams  # noqa: E402
 from tests.conftest import SHARED_IMAGES, load_rgb  # noqa: E402
 from tests.live_server import LiveServer  # noqa: E402
+
+sys.path.insert(0, str(REPO / "gimp_plugin" / "neural_style"))
+import nst_client  # noqa: E402  (the plug-in's HTTP client: standard library only)
 
 CONTENT = SHARED_IMAGES / "content" / "tubingen.jpg"
 STYLE = SHARED_IMAGES / "style" / "starry_night.jpg"
@@ -479,12 +481,19 @@ def _resized(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def server_job(server: LiveServer, content: np.ndarray, style: np.ndarray, params: dict) -> float:
-    """Wall time of one job through the server as the plug-in does it: PNG-encode the upload,
-    then the plug-in's own client (POST /v1/jobs, long polls, GET the result)."""
+    """Wall time of one job through the server as the plug-in does it: its own PNG encoder on
+    the 8-bit pixels GIMP hands it, then its client (POST /v1/jobs, long polls, GET result)."""
+    content_raw, style_raw = _raw_image(content), _raw_image(style)  # what GIMP gives
     started = time.perf_counter()
-    content_png, style_png = encode_png(content), encode_png(style)
+    content_png, style_png = nst_client.encode_png(content_raw), nst_client.encode_png(style_raw)
     encoding = time.perf_counter() - started
     return encoding + server.timed_job(content_png, style_png, params)
+
+
+def _raw_image(pixels: np.ndarray) -> nst_client.RawImage:
+    height, width, channels = pixels.shape
+    data = np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8).tobytes()
+    return nst_client.RawImage(width, height, channels, 8, data)
 
 
 def section_edits(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:

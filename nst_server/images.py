@@ -109,6 +109,11 @@ def load_image_file(path: str | PathLike[str], *, max_pixels: int) -> DecodedIma
     return decode_image(data, what=str(path), max_pixels=max_pixels)
 
 
+#: zlib level of the PNGs the server writes. Results usually go over loopback, where size is
+#: free: at level 1 a 1024 x 768 result is 3% larger than at 6 and encodes in 0.15 s, not 0.45.
+PNG_LEVEL = 1
+
+
 def encode_png(pixels: np.ndarray, *, bit_depth: int = 8) -> bytes:
     """RGB or RGBA float array in [0, 1] (values outside are clipped) -> PNG bytes, 8 or 16 bit."""
     if pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
@@ -118,7 +123,9 @@ def encode_png(pixels: np.ndarray, *, bit_depth: int = 8) -> bytes:
     clipped = np.clip(np.nan_to_num(pixels.astype(np.float32, copy=False)), 0.0, 1.0)
     if bit_depth == 8:
         out = io.BytesIO()
-        Image.fromarray(np.rint(clipped * 255.0).astype(np.uint8)).save(out, "PNG")
+        Image.fromarray(np.rint(clipped * 255.0).astype(np.uint8)).save(
+            out, "PNG", compress_level=PNG_LEVEL
+        )
         return out.getvalue()
     return _encode_png16(np.rint(clipped * 65535.0).astype(">u2"))
 
@@ -129,7 +136,7 @@ def thumbnail_png(pixels: np.ndarray, *, longest: int = 256) -> bytes:
     image = Image.fromarray(np.rint(clipped * 255.0).astype(np.uint8))
     image.thumbnail((longest, longest), Image.Resampling.LANCZOS)
     out = io.BytesIO()
-    image.save(out, "PNG", compress_level=1)  # speed over size: previews are polled
+    image.save(out, "PNG", compress_level=PNG_LEVEL)
     return out.getvalue()
 
 
@@ -316,7 +323,7 @@ def _encode_png16(samples: np.ndarray) -> bytes:
         [
             _PNG_SIGNATURE,
             _chunk(b"IHDR", ihdr),
-            _chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)),
+            _chunk(b"IDAT", zlib.compress(filtered.tobytes(), PNG_LEVEL)),
             _chunk(b"IEND", b""),
         ]
     )

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 
+#: A long poll answers a mere progress change no sooner than this after it began.
+LONG_POLL_GAP_S = 0.2
+
 #: Longer side of preview PNGs, in pixels.
 PREVIEW_SIZE = 256
 
@@ -246,19 +249,31 @@ class JobQueue:
 
     def wait_snapshot(self, job_id: str, since: int, timeout: float) -> dict[str, Any] | None:
         """Like ``snapshot``, but first wait up to ``timeout`` s for the job's version to pass
-        ``since`` (a long poll: the client hears of each step and of the end at once, instead
-        of up to a poll interval late). Returns None if the job is unknown or forgotten."""
-        deadline = time.monotonic() + timeout
+        ``since`` (a long poll). A change of state (started, finished) is answered at once, so
+        the client hears of the end without delay; progress alone at most every
+        ``LONG_POLL_GAP_S``, since small jobs take 10+ steps a second. Returns None if the job
+        is unknown or forgotten."""
+        began = time.monotonic()
+        deadline = began + timeout
         with self._lock:
+            job = self._jobs.get(job_id)
+            state = job.state if job is not None else None
             while True:
                 job = self._jobs.get(job_id)
                 if job is None:
                     return None
-                job.last_seen = time.monotonic()  # a client waiting is a client polling
-                left = deadline - time.monotonic()
-                if job.version != since or left <= 0 or self._stopping:
+                now = time.monotonic()
+                job.last_seen = now  # a client waiting is a client polling
+                changed = job.version != since
+                if (
+                    now >= deadline
+                    or self._stopping
+                    or (changed and (job.state != state or job.done_event.is_set()))
+                    or (changed and now - began >= LONG_POLL_GAP_S)
+                ):
                     return self._snapshot(job)
-                self._changed.wait(left)
+                until = min(deadline, began + LONG_POLL_GAP_S) if changed else deadline
+                self._changed.wait(until - now)
 
     def cancel(self, job_id: str, reason: str = "cancelled by the client") -> dict[str, Any] | None:
         """Cancel a job: a queued one is dropped now, a running one stops within one step.

@@ -2,8 +2,8 @@
 
 The estimate is a per-pixel model measured on this engine (tf.function, VGG19 to block5_conv1,
 float32, CPU): peak RSS grows by about 2.9 KB per pixel at 256 px and 3.6 KB at 512 px and
-1024 px (activations and their gradients), plus the optimiser's state, which is float64 on the
-host. GPUs keep activations in device memory at about the same size.
+1024 px (activations and their gradients), plus the optimiser's state. GPUs keep activations
+in device memory at about the same size. Mixed bfloat16 needs less; the guard plans for float32.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 
 #: Activations and gradients of VGG19 up to block5_conv1, per input pixel (measured, rounded up).
 _NETWORK_BYTES_PER_PIXEL = 3_800
-#: scipy's L-BFGS-B keeps ``maxcor`` pairs of float64 vectors of 3 values per pixel, plus a few.
+#: L-BFGS keeps 20 pairs of vectors of 3 values per pixel, plus a few: float32 in the engine's
+#: own (the default), float64 in scipy's; planned for the larger, so either fits.
 _LBFGS_BYTES_PER_PIXEL = (2 * 20 + 6) * 3 * 8
 #: Adam's first and second moments, the iterate and the gradient, float64.
 _ADAM_BYTES_PER_PIXEL = 4 * 3 * 8

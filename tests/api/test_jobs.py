@@ -325,3 +325,23 @@ def test_a_long_poll_answers_at_the_next_change_not_at_its_timeout(make_queue) -
     assert time.monotonic() - started < 0.5
     assert queue.wait_snapshot("no-such-job", 0, 0.1) is None
     assert final["version"] >= seen["version"] + 3  # steps 2, 3, encoding, done
+
+
+def test_long_polls_pace_progress_but_answer_the_end_at_once(make_queue) -> None:
+    from nst_server.jobs import LONG_POLL_GAP_S
+
+    queue = make_queue(FakeEngine(step_s=0.03))
+    job = queue.submit(CONTENT, [STYLE], params(30))  # about 0.9 s of steps
+    version, answers = -1, []
+    while True:
+        started = time.monotonic()
+        snap = queue.wait_snapshot(job.id, version, 5.0)
+        answers.append((time.monotonic() - started, snap["state"]))
+        version = snap["version"]
+        if snap["state"] in ("done", "failed", "cancelled"):
+            break
+    assert answers[-1][1] == "done"
+    progress = [t for t, state in answers[1:-1] if state == "running"]
+    assert len(progress) >= 2 and all(t >= LONG_POLL_GAP_S - 0.01 for t in progress), answers
+    assert len(answers) < 15  # paced: not one answer per step
+    assert answers[-1][0] < LONG_POLL_GAP_S + 0.1  # the end is not held back further
