@@ -148,8 +148,8 @@ class StyleParams:
     jit: bool = field(
         default=False,
         metadata=_meta(
-            "Compile each step with XLA: can be faster on a GPU, slower on a CPU; each new "
-            "image size is compiled once (a few seconds)."
+            "Compile each step with XLA: can be faster on a GPU (not consistently on a CPU); "
+            "each new image size is compiled once (a few seconds)."
         ),
     )
     content_layers: tuple[str, ...] = field(
@@ -180,9 +180,9 @@ class StyleParams:
     def for_device(cls, device: str) -> StyleParams:
         """Defaults for ``device`` ("gpu" or "cpu").
 
-        A CPU does one 512 px VGG19 step in about 4 s on two cores, so its defaults are a
+        A CPU does one 512 px VGG19 step in seconds, not milliseconds, so its defaults are a
         smaller size and fewer steps: coarse to fine (256 -> 314 -> 384 px), an edit takes
-        about three minutes on two cores, not half an hour.
+        under a minute on two cores with bfloat16 units and a few minutes without.
         """
         if device == "gpu":
             return cls()
