@@ -470,6 +470,7 @@ class JobQueue:
             if job.cancel_event.is_set():
                 raise Cancelled
             assert job.content is not None and job.styles is not None
+            engine_started = time.monotonic()
             result = self.engine.stylize(
                 job.content,
                 job.styles,
@@ -478,7 +479,9 @@ class JobQueue:
                 mask=job.mask,
                 init_image=job.init_image,
             )
-            self._set_progress(job, {"phase": "encoding", "eta_s": None})
+            # The engine's own time, so clients can tell it from transfer and encoding.
+            engine_s = round(time.monotonic() - engine_started, 3)
+            self._set_progress(job, {"phase": "encoding", "eta_s": None, "engine_s": engine_s})
             png = encode_png(result, bit_depth=job.bit_depth)
             if job.cancel_event.is_set():
                 raise Cancelled

@@ -712,6 +712,7 @@ def run_job(
     mask_png: bytes | None = None,
     init_png: bytes | None = None,
     on_note: Callable[[str], None] | None = None,
+    on_status: Callable[[dict[str, Any]], None] | None = None,
 ) -> bytes:
     """Submit a job, poll it to the end feeding ``progress``, and return the result PNG.
 
@@ -724,6 +725,8 @@ def run_job(
     each distinct ``note`` the server attaches to the progress (e.g. "processed at a smaller
     size: memory"), so the caller can tell the user rather than bury it in a progress bar. If
     this process is killed (GIMP's Cancel), polling stops and the server cancels the job itself.
+    ``on_status`` sees every status answer as it arrives (scripts, benchmarks: the last one
+    carries e.g. ``progress.engine_s``, the server's optimisation time).
     """
     report = progress or (lambda fraction, text: None)
     report(None, "Neural style: sending the images")
@@ -751,6 +754,8 @@ def run_job(
     try:
         while True:
             status = fetch(functools.partial(client.status, since=version, wait=long_poll))
+            if on_status:
+                on_status(status)
             state = status.get("state")
             note = (status.get("progress") or {}).get("note")
             if isinstance(note, str) and note and note not in notes:
