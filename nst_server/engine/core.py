@@ -150,7 +150,7 @@ class StyleEngine:
         self.device = detect_device()
         #: Which L-BFGS runs: "tensorflow" (nst_server.engine.lbfgs: state and arithmetic on the
         #: device, so a GPU never waits for the host; on this project's 2-core CPU a default
-        #: edit took 45 s against scipy's 58 s, same picture, loss within 1.2%) or "scipy"
+        #: edit took 39 s against scipy's 51 s, same picture, loss within 1%) or "scipy"
         #: (L-BFGS-B on the host in float64, with a better line search but per-step copies and
         #: a per-pixel Python set-up of its bounds). Tests and benchmarks switch it.
         self.lbfgs = "tensorflow"

@@ -1,8 +1,10 @@
 """L-BFGS on TensorFlow tensors: the optimiser's state and arithmetic stay on the device.
 
-scipy's L-BFGS-B (the CPU default) runs on the host in float64: on a GPU every evaluation would
-copy the image and its gradient across PCIe, the two-loop recursion would run on the CPU, and
-setting up its bounds is a Python loop over every pixel (about 1 s per pass at 512 px). This is
+The engine's default. scipy's L-BFGS-B (still selectable: ``StyleEngine.lbfgs = "scipy"``) runs
+on the host in float64: on a GPU every evaluation would copy the image and its gradient across
+PCIe, the two-loop recursion would run on the CPU, and setting up its bounds is a Python loop
+over every pixel (about 0.5 s per pass at 384 px). On this project's 2-core CPU this one made a
+default edit take 23% less time at the same picture (BENCHMARKS.md). This is
 the same algorithm as torch.optim.LBFGS, which the fast PyTorch implementations use: the
 two-loop recursion over the last ``memory`` steps and unit steps; kept in [0, 1] by projection,
 with backtracking when a step does not lower the loss enough (Armijo), which torch leaves out,
