@@ -262,8 +262,9 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
-    """The job's state; with ``?since=<version>&wait=<s>`` a long poll: the answer comes as soon
-    as the job changes (a step, the end), or after ``wait`` s if nothing did."""
+    """The job's state; with ``?since=<version>&wait=<s>`` a long poll: the answer comes when
+    the job changes (its end at once, progress at most 5 times a second), or after ``wait`` s
+    if nothing did."""
     wait = _query_number("wait", 0.0, MAX_LONG_POLL_S)
     since = _query_number("since", -1, 2**53, integer=True)
     queue = get_queue()
