@@ -88,7 +88,7 @@ if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   say "NVIDIA GPU found ($(nvidia-smi -L | head -n1)): installing TensorFlow with CUDA"
   TF_SPEC='tensorflow[and-cuda]>=2.16'
 else
-  say "no NVIDIA GPU found: installing TensorFlow for the CPU (edits take minutes, not seconds)"
+  say "no NVIDIA GPU found: installing TensorFlow for the CPU (an edit takes about a minute, not seconds)"
   TF_SPEC='tensorflow>=2.16'
 fi
 say "installing the server and its dependencies (about 1 GB the first time)"
