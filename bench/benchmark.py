@@ -168,10 +168,6 @@ def vgg19_gflop(height: int, width: int, last: str = "block5_conv1") -> float:
 # --- our engine -----------------------------------------------------------------------------
 
 
-def _has_param(name: str) -> bool:
-    return name in {f.name for f in dataclasses.fields(StyleParams)}
-
-
 def forget_styles(engine: StyleEngine) -> None:
     """Empty the engine's style-target cache, so the next run pays for its painting again."""
     engine.clear_style_cache()
@@ -202,9 +198,8 @@ def engine_step_times(
         if event.phase == "optimising":
             stamps.append(time.perf_counter())
 
-    if _has_param("coarse_to_fine"):
-        # Every timed step at ``size``: coarse-to-fine would mix in cheaper small-scale steps.
-        overrides = {"coarse_to_fine": False, **overrides}
+    # Every timed step at ``size``: coarse-to-fine would mix in cheaper small-scale steps.
+    overrides = {"coarse_to_fine": False, **overrides}
     started = time.perf_counter()
     engine.stylize(content, [style], params_for(engine, size, steps + 1, **overrides), on_progress)
     if not stamps:
@@ -395,7 +390,7 @@ def section_quality(res: Results, cfg: Config, engine: StyleEngine, content, sty
             "trajectory": trajectory,
             "photo_loss": photo,
             "iterations": default.iterations,
-            "coarse_to_fine": getattr(default, "coarse_to_fine", False),
+            "coarse_to_fine": default.coarse_to_fine,
         }
         # Two targets: the baseline's final result (the issue's definition), and - kinder to
         # the baseline - the best point of its run.
