@@ -69,15 +69,18 @@ class FuzzTarget:
         get_queue(self.app).close()
 
 
-def run_fuzz(examples: int) -> FuzzTarget:
-    """Send ``examples`` generated requests (and follow-ups on accepted jobs) to a new app."""
+def run_fuzz(examples: int, *, derandomize: bool = False) -> FuzzTarget:
+    """Send ``examples`` generated requests (and follow-ups on accepted jobs) to a new app.
+
+    ``derandomize``: the same requests every run (hypothesis seeds from the test itself).
+    """
     target = FuzzTarget()
 
     @settings(
         max_examples=examples,
         deadline=None,
         database=None,
-        derandomize=False,
+        derandomize=derandomize,
         suppress_health_check=list(HealthCheck),
     )
     @given(requests())
@@ -93,7 +96,10 @@ def run_fuzz(examples: int) -> FuzzTarget:
 
 
 def test_fuzz_every_endpoint_no_5xx() -> None:
-    target = run_fuzz(DEFAULT_EXAMPLES)
+    # Derandomized: a few hundred random requests missed /v1/params once in CI; the same
+    # sequence each run keeps the coverage check below deterministic (the 10,000-request run
+    # stays random).
+    target = run_fuzz(DEFAULT_EXAMPLES, derandomize=True)
     assert target.sent >= DEFAULT_EXAMPLES
     assert not any(status >= 500 for status in target.statuses)
     # the generator really reached every endpoint and both outcomes
