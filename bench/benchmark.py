@@ -40,10 +40,9 @@ from nst_server.engine import Cancelled, Progress, StyleEngine  # noqa: E402
 from nst_server.engine.core import fit_size, lbfgs_options, scale_schedule  # noqa: E402
 from nst_server.params import StyleParams  # noqa: E402
 from tests.conftest import SHARED_IMAGES, load_rgb  # noqa: E402
-from tests.live_server import LiveServer  # noqa: E402
+from tests.live_server import LiveServer, import_nst_client  # noqa: E402
 
-sys.path.insert(0, str(REPO / "gimp_plugin" / "neural_style"))
-import nst_client  # noqa: E402  (the plug-in's HTTP client: standard library only)
+nst_client = import_nst_client()  # the plug-in's HTTP client: standard library only
 
 CONTENT = SHARED_IMAGES / "content" / "tubingen.jpg"
 STYLE = SHARED_IMAGES / "style" / "starry_night.jpg"

@@ -255,13 +255,13 @@ class JobQueue:
         is unknown or forgotten."""
         began = time.monotonic()
         deadline = began + timeout
+        state: str | None = None  # the job's state when the poll began
         with self._lock:
-            job = self._jobs.get(job_id)
-            state = job.state if job is not None else None
             while True:
                 job = self._jobs.get(job_id)
                 if job is None:
                     return None
+                state = state or job.state
                 now = time.monotonic()
                 job.last_seen = now  # a client waiting is a client polling
                 changed = job.version != since

@@ -34,6 +34,16 @@ FINAL_STATES = ("done", "failed", "cancelled")
 Field = tuple[str, "str | None", bytes]
 
 
+def import_nst_client():  # noqa: ANN201 - the plug-in's module
+    """The plug-in's client library, imported the way its own tests do (GIMP's plug-in folder)."""
+    folder = str(REPO / "gimp_plugin" / "neural_style")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import nst_client
+
+    return nst_client
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -185,10 +195,7 @@ class LiveServer:
         """(seconds from submitting the PNGs to the result's bytes, seconds the server's engine
         spent on it) through the plug-in's own client (``nst_client.run_job``: long polls),
         exactly as GIMP does it (benchmarks)."""
-        if str(REPO / "gimp_plugin" / "neural_style") not in sys.path:
-            sys.path.insert(0, str(REPO / "gimp_plugin" / "neural_style"))
-        import nst_client
-
+        nst_client = import_nst_client()
         statuses: list[dict] = []
         started = time.perf_counter()
         nst_client.run_job(

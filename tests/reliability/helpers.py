@@ -9,23 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import io
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from tests.api.helpers import png_bytes as png
+from tests.live_server import import_nst_client
+
+__all__ = ["import_nst_client", "png"]  # re-exported: the reliability tests import them here
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 # --- images -----------------------------------------------------------------------------------
-
-
-def png(image: Image.Image, **save: object) -> bytes:
-    out = io.BytesIO()
-    image.save(out, "PNG", **save)
-    return out.getvalue()
 
 
 def gradient(width: int = 64, height: int = 48, mode: str = "RGB") -> Image.Image:
@@ -73,13 +71,3 @@ def percentile(values: Sequence[float], q: float) -> float:
         return float("nan")
     rank = max(1, int(np.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
-
-
-def import_nst_client():  # noqa: ANN201 - the plug-in's module
-    """The plug-in's client library, imported the way its own tests do (GIMP's plug-in folder)."""
-    folder = str(REPO / "gimp_plugin" / "neural_style")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    import nst_client
-
-    return nst_client
