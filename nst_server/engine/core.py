@@ -452,6 +452,15 @@ class StyleEngine:
                 started,
                 note,
             )
+        except tf.errors.InvalidArgumentError as exc:
+            if not params.jit:
+                raise
+            # XLA refuses ops or shapes some devices/versions do not support; without XLA the
+            # same job runs, so say so instead of failing as an internal error.
+            first_line = (exc.message or type(exc).__name__).splitlines()[0][:200]
+            raise EngineError(
+                f"XLA could not compile this job ({first_line}); run it with jit off"
+            ) from exc
         except tf.errors.ResourceExhaustedError as exc:
             raise EngineError(
                 f"out of memory on the {self.device.upper()} at {w}x{h} px: try a smaller "

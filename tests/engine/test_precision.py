@@ -129,3 +129,19 @@ def test_loss_scale_halves_on_overflow_and_gives_up_with_advice():
     with pytest.raises(EngineError, match="use precision 'mixed_bfloat16' or 'float32'"):
         scaler.accept(np.array([np.nan]))
     assert _LossScale("mixed_bfloat16").accept(np.array([np.inf]))  # no scaling: not its job
+
+
+def test_an_xla_compile_failure_is_an_engine_error_that_says_to_turn_jit_off(engine, monkeypatch):
+    """The compiled step itself is replaced (one layer): XLA refusing an op on some device."""
+
+    def refuses(*args):
+        raise tf.errors.InvalidArgumentError(None, None, "Detected unsupported operations\nmore")
+
+    monkeypatch.setattr(engine, "_loss_fn", lambda plan, model: refuses)
+    with pytest.raises(
+        EngineError, match=r"XLA could not compile.*unsupported operations.*jit off"
+    ):
+        engine.stylize(synthetic_photo(), [synthetic_painting()], params(jit=True))
+    # Without jit the same error is not XLA's: it is not dressed up as advice.
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        engine.stylize(synthetic_photo(), [synthetic_painting()], params())
