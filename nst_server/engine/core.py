@@ -343,13 +343,15 @@ class StyleEngine:
         styles: Sequence[np.ndarray],
         long_side: int,
         blend: Sequence[float],
+        digest: str | None = None,
     ) -> list[tf.Tensor]:
-        """Blended Gram matrices of the paintings at ``long_side``, cached across jobs."""
-        digest = hashlib.sha256()
-        for style in styles:
-            digest.update(str(style.shape).encode())
-            digest.update(np.ascontiguousarray(style[..., :3]).tobytes())
-        key = (digest.hexdigest(), long_side, plan.outputs, plan.style, tuple(blend))
+        """Blended Gram matrices of the paintings at ``long_side``, cached across jobs.
+
+        ``digest`` is ``_styles_digest(styles)``, passed in by callers that need several sizes
+        so the paintings are hashed once, not once per scale.
+        """
+        digest = digest or _styles_digest(styles)
+        key = (digest, long_side, plan.outputs, plan.style, tuple(blend))
         if key in self._style_cache:
             self._style_cache.move_to_end(key)
             return self._style_cache[key]
@@ -508,6 +510,7 @@ class StyleEngine:
             tf.float32,
         )
         scaler = _LossScale(plan.policy)
+        digest = _styles_digest(styles)
         opt_started = time.perf_counter()
         done_steps = 0
         x: np.ndarray | None = None
@@ -516,7 +519,9 @@ class StyleEngine:
             feats = self._feature_fn(plan, model)(photo)
             content_targets = tuple(feats[i] for i in plan.content)
             style_side = max(MIN_SHORT_SIDE, round(side * params.style_scale))
-            style_targets = tuple(self._style_targets(plan, model, styles, style_side, blend))
+            style_targets = tuple(
+                self._style_targets(plan, model, styles, style_side, blend, digest)
+            )
             mask_here = tf.ones((1, h, w, 1)) if mask is None else resize(mask, h, w)[tf.newaxis]
 
             def evaluate_tensor(
@@ -738,6 +743,15 @@ def _masks_on_feature_grids(mask: tf.Tensor, layers: Sequence[str]) -> dict[str,
             pools += 1
         out[name] = pooled
     return out
+
+
+def _styles_digest(styles: Sequence[np.ndarray]) -> str:
+    """SHA-256 of the paintings' RGB pixels and shapes: the style-target cache's key."""
+    digest = hashlib.sha256()
+    for style in styles:
+        digest.update(str(style.shape).encode())
+        digest.update(np.ascontiguousarray(style[..., :3]).tobytes())
+    return digest.hexdigest()
 
 
 def _check_image(image: np.ndarray, what: str) -> None:
