@@ -94,18 +94,25 @@ def build_image():
     photo = image.get_layers()[0]
     photo.set_name("Photo")
     image.resize(w + 2 * OFFSET[0], h + 2 * OFFSET[1], OFFSET[0], OFFSET[1])
-    style = Gimp.file_load_layer(
+    style = add_hidden_layer(image, photo, "style.jpg", "Starry Night")
+    return image, photo, style
+
+
+def add_hidden_layer(image, photo, filename, name):
+    """A painting from E2E_DIR as a hidden layer of the photo's size and place, on top; the
+    photo stays the selected layer."""
+    layer = Gimp.file_load_layer(
         Gimp.RunMode.NONINTERACTIVE,
         image,
-        Gio.File.new_for_path(os.path.join(E2E_DIR, "style.jpg")),
+        Gio.File.new_for_path(os.path.join(E2E_DIR, filename)),
     )
-    style.set_name("Starry Night")
-    image.insert_layer(style, None, 0)
-    style.scale(w, h, False)
-    style.set_offsets(*OFFSET)
-    style.set_visible(False)
+    layer.set_name(name)
+    image.insert_layer(layer, None, 0)
+    layer.scale(photo.get_width(), photo.get_height(), False)
+    layer.set_offsets(*OFFSET)
+    layer.set_visible(False)
     image.set_selected_layers([photo])
-    return image, photo, style
+    return layer
 
 
 def second_painting_colour(width, height):
@@ -122,18 +129,7 @@ def second_painting_colour(width, height):
 
 def add_second_style(image, photo):
     """The second painting (The Scream) as a hidden layer of the photo's size."""
-    layer = Gimp.file_load_layer(
-        Gimp.RunMode.NONINTERACTIVE,
-        image,
-        Gio.File.new_for_path(os.path.join(E2E_DIR, "style2.jpg")),
-    )
-    layer.set_name("The Scream")
-    image.insert_layer(layer, None, 0)
-    layer.scale(photo.get_width(), photo.get_height(), False)
-    layer.set_offsets(*OFFSET)
-    layer.set_visible(False)
-    image.set_selected_layers([photo])
-    return layer
+    return add_hidden_layer(image, photo, "style2.jpg", "The Scream")
 
 
 def call_plugin(image, photo, style, url, **extra):

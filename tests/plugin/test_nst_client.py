@@ -490,15 +490,12 @@ def test_run_job_sends_mask_and_init_and_passes_notes_on_once(fake) -> None:
     assert notes == ["processed at 48x32 px instead of 96x64: memory"]  # 3 polls, one note
 
 
-def _lost_job_run(url: str, sleep) -> None:
-    nst_client.run_job(
-        nst_client.NstClient(url),
-        nst_client.encode_png(gradient(4, 4, 3, 8)),
-        [nst_client.encode_png(gradient(4, 4, 3, 8))],
-        None,
-        poll_interval=0.01,
-        sleep=sleep,
-    )
+def _tiny_job(client: nst_client.NstClient | str, **kwargs) -> bytes:
+    """run_job with a 4 x 4 photo and painting, default params, 10 ms polls."""
+    if isinstance(client, str):
+        client = nst_client.NstClient(client)
+    tiny = nst_client.encode_png(gradient(4, 4, 3, 8))
+    return nst_client.run_job(client, tiny, [tiny], None, **{"poll_interval": 0.01, **kwargs})
 
 
 def _assert_lost_message(message: str) -> None:
@@ -516,7 +513,7 @@ def test_run_job_server_restarted_mid_job_is_a_clear_error(fake) -> None:
             state.jobs.clear()
 
     with pytest.raises(nst_client.JobLost) as caught:
-        _lost_job_run(url, restart)
+        _tiny_job(url, sleep=restart)
     _assert_lost_message(str(caught.value))
     assert "no longer knows the job" in str(caught.value)
     assert state.deleted == []  # nothing to cancel
@@ -536,7 +533,7 @@ def test_run_job_server_stopped_mid_job_is_a_clear_error() -> None:
             thread.join()
 
     with pytest.raises(nst_client.JobLost) as caught:
-        _lost_job_run(url, stop)
+        _tiny_job(url, sleep=stop)
     _assert_lost_message(str(caught.value))
     assert "Cannot reach" in str(caught.value)
 
@@ -568,14 +565,7 @@ def test_run_job_connection_reset_mid_job_is_a_clear_error(fake) -> None:
 
     try:
         with pytest.raises(nst_client.JobLost) as caught:
-            nst_client.run_job(
-                client,
-                nst_client.encode_png(gradient(4, 4, 3, 8)),
-                [nst_client.encode_png(gradient(4, 4, 3, 8))],
-                None,
-                poll_interval=0.01,
-                sleep=switch,
-            )
+            _tiny_job(client, sleep=switch)
     finally:
         stop.set()
         listener.close()
@@ -596,13 +586,7 @@ def test_run_job_rides_over_one_refused_poll(fake) -> None:
         return real_status(job_id, **long_poll)
 
     client.status = flaky  # type: ignore[method-assign]
-    png = nst_client.run_job(
-        client,
-        nst_client.encode_png(gradient(4, 4, 3, 8)),
-        [nst_client.encode_png(gradient(4, 4, 3, 8))],
-        None,
-        poll_interval=0.01,
-    )
+    png = _tiny_job(client)
     assert nst_client.decode_png(png).width == 4
 
 
@@ -610,27 +594,14 @@ def test_run_job_failed_job_raises_the_servers_message(fake) -> None:
     url, state = fake
     state.fail_with = "out of memory at 4096 px; try a smaller max size"
     with pytest.raises(nst_client.ServerError, match="out of memory at 4096 px"):
-        nst_client.run_job(
-            nst_client.NstClient(url),
-            nst_client.encode_png(gradient(4, 4, 3, 8)),
-            [nst_client.encode_png(gradient(4, 4, 3, 8))],
-            None,
-            poll_interval=0.01,
-        )
+        _tiny_job(url)
 
 
 def test_run_job_cancels_the_job_on_its_own_timeout(fake) -> None:
     url, state = fake
     state.steps = 10_000
     with pytest.raises(nst_client.NstError, match="took longer"):
-        nst_client.run_job(
-            nst_client.NstClient(url),
-            nst_client.encode_png(gradient(4, 4, 3, 8)),
-            [nst_client.encode_png(gradient(4, 4, 3, 8))],
-            None,
-            poll_interval=0.01,
-            timeout=0.05,
-        )
+        _tiny_job(url, timeout=0.05)
     assert len(state.deleted) == 1  # it told the server, so the server is free at once
 
 
