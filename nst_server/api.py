@@ -40,6 +40,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from nst_server import __version__
+from nst_server.engine import ENGINE_VERSION
 from nst_server.images import DecodedImage, ImageError, ImageTooLarge, decode_image
 from nst_server.jobs import CANCELLED, DONE, FAILED, Job, JobQueue, QueueFull
 from nst_server.params import ParamsError, StyleParams
@@ -225,6 +226,7 @@ def health() -> Response:
         "weights": engine.weights_description,
         "device": engine.device,
         "precision": engine.precision,
+        "engine_version": ENGINE_VERSION,
         "loaded": engine.loaded,
         "queue": queue.stats(),
         "log": str(current_app.config["LOG_FILE"]) if current_app.config["LOG_FILE"] else None,

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nst_server.engine import Cancelled, EngineError, Progress
+from nst_server.engine import ENGINE_VERSION, Cancelled, EngineError, Progress
 from nst_server.images import encode_png, thumbnail_png
 from nst_server.params import StyleParams
 
@@ -340,6 +340,7 @@ class JobQueue:
             "styles": job.n_styles,
             "bit_depth": job.bit_depth,
             "params": job.params.to_dict(),
+            "engine_version": ENGINE_VERSION,
             "preview": job._preview is not None,
             "version": job.version,
         }

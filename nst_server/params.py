@@ -25,6 +25,15 @@ INITS = ("content", "noise", "style")
 #: "auto" is resolved by the engine: mixed_bfloat16 where the hardware has bfloat16 matrix units
 #: (CPUs with AMX or AVX512-BF16, NVIDIA GPUs from Ampere on), float32 elsewhere.
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+#: Statistics of the painting's features that the style loss matches: Gram matrices (Gatys et
+#: al.), mean and covariance (a Wasserstein-2 distance between Gaussians), or the whole
+#: distribution along random directions (sliced Wasserstein, Heitz et al. 2021).
+STYLE_LOSSES = ("gram", "wasserstein", "sliced")
+#: How a result is brought to the photo's size when the photo is larger than the processing
+#: size: a plain Lanczos resize, or one that restores detail at the photo's own scale.
+UPSCALES = ("plain", "detail")
+#: Strength 0..100; 50 is the balanced default.
+STRENGTH_DEFAULT = 50.0
 
 #: Smallest processing size: VGG19 pools four times before block5, so below this the deep
 #: style layers see a handful of pixels and the Gram matrices carry no texture.
@@ -90,10 +99,22 @@ class StyleParams:
         default=1.0,
         metadata=_meta("How strongly the photo's structure is kept.", minimum=0.0, maximum=1e6),
     )
-    style_weight: float = field(
-        default=20.0,
+    strength: float = field(
+        default=STRENGTH_DEFAULT,
         metadata=_meta(
-            "How strongly the painting's texture and colours are imposed.", minimum=0.0, maximum=1e6
+            "How much of the painting: 0 keeps the photo, 100 is mostly painting, 50 is "
+            "balanced; the same number gives a comparable amount of style with any painting. "
+            "Ignored when style_weight is given.",
+            minimum=0.0,
+            maximum=100.0,
+        ),
+    )
+    style_weight: float | None = field(
+        default=None,
+        metadata=_meta(
+            "Raw weight of the style loss; when given it overrides strength (null: from strength).",
+            minimum=0.0,
+            maximum=1e6,
         ),
     )
     tv_weight: float = field(
@@ -127,6 +148,22 @@ class StyleParams:
             "Relative weight of each style image, in upload order (empty: equal).",
             minimum=0.0,
             maximum=1e6,
+        ),
+    )
+    style_loss: str = field(
+        default="gram",
+        metadata=_meta(
+            "Which statistics of the painting are matched: 'gram' (Gatys et al.), "
+            "'wasserstein' (feature mean and covariance) or 'sliced' (sliced Wasserstein).",
+            choices=STYLE_LOSSES,
+        ),
+    )
+    upscale: str = field(
+        default="plain",
+        metadata=_meta(
+            "How the result is brought to the photo's size when the photo is larger than "
+            "max_size: 'plain' (Lanczos) or 'detail' (restores detail at the photo's scale).",
+            choices=UPSCALES,
         ),
     )
     style_scale: float = field(
@@ -220,6 +257,8 @@ class StyleParams:
                 "default": defaults.to_dict()[f.name],
                 "help": meta["help"],
             }
+            if _is_optional(f):
+                entry["nullable"] = True
             for key in ("minimum", "maximum", "choices", "items"):
                 if meta.get(key) is not None:
                     entry[key] = list(meta[key]) if isinstance(meta[key], tuple) else meta[key]
@@ -231,6 +270,7 @@ def _type_name(f: dataclasses.Field) -> str:
     return {
         "int": "integer",
         "float": "number",
+        "float | None": "number",
         "str": "string",
         "bool": "boolean",
         "tuple[str, ...]": "array",
@@ -246,6 +286,8 @@ def _is_real(value: Any) -> bool:
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
     """Accept JSON-ish values of the right kind; refuse everything else with a clear message."""
     kind = _type_name(f)
+    if value is None and _is_optional(f):
+        return None
     if kind == "integer":
         if not _is_real(value) or (isinstance(value, float) and not value.is_integer()):
             raise ParamsError(f"{f.name} must be an integer, got {_show(value)}")
@@ -280,9 +322,15 @@ def _to_float(f: dataclasses.Field, value: float) -> float:
         raise ParamsError(f"{f.name} is far too large, got {_show(value)}") from None
 
 
+def _is_optional(f: dataclasses.Field) -> bool:
+    return str(f.type).endswith("| None")
+
+
 def _check_field(f: dataclasses.Field, value: Any) -> None:
     meta = f.metadata
     kind = _type_name(f)
+    if value is None and _is_optional(f):
+        return
     if kind == "boolean":
         if not isinstance(value, bool):
             raise ParamsError(f"{f.name} must be true or false, got {_show(value)}")

@@ -90,3 +90,18 @@ def test_describe_lists_every_field_with_type_range_and_device_default(device):
 def test_to_dict_round_trips_through_from_mapping():
     p = StyleParams.from_mapping({"iterations": 9, "content_layers": ["block5_conv2"]}, "gpu")
     assert StyleParams.from_mapping(p.to_dict(), "gpu") == p
+
+
+def test_strength_is_the_default_and_a_raw_style_weight_is_optional():
+    p = StyleParams.from_mapping({}, "cpu")
+    assert p.strength == 50.0 and p.style_weight is None
+    assert StyleParams.from_mapping({"style_weight": None}, "cpu").style_weight is None
+    assert StyleParams.from_mapping({"strength": 80}, "cpu").strength == 80.0
+    described = StyleParams.describe("cpu")
+    assert described["style_weight"]["nullable"] is True
+    assert described["strength"]["minimum"] == 0 and described["strength"]["maximum"] == 100
+    assert described["style_loss"]["choices"] == ["gram", "wasserstein", "sliced"]
+    with pytest.raises(ParamsError, match="strength must be between 0 and 100"):
+        StyleParams.from_mapping({"strength": 101}, "cpu")
+    with pytest.raises(ParamsError, match="style_loss must be one of"):
+        StyleParams.from_mapping({"style_loss": "gatys"}, "cpu")

@@ -407,8 +407,10 @@ def build_job_params(
         params["max_size"] = int(_clamp(schema, "max_size", size))
     if optimizer:
         params["optimizer"] = optimizer
-    default_weight = float(_param_default(schema, "style_weight", 20.0))
-    if strength != STRENGTH_DEFAULT:
+    if strength != STRENGTH_DEFAULT and _has_param(schema, "strength"):
+        params["strength"] = float(_clamp(schema, "strength", float(strength)))
+    elif strength != STRENGTH_DEFAULT:  # a server from before `strength`: its style_weight
+        default_weight = float(_param_default(schema, "style_weight", 20.0))
         params["style_weight"] = float(
             _clamp(schema, "style_weight", style_weight_for_strength(strength, default_weight))
         )

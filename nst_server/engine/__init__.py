@@ -4,9 +4,22 @@ Importing this package does not import TensorFlow; ``StyleEngine`` does when fir
 """
 
 from nst_server.engine.errors import EngineError
-from nst_server.engine.progress import PHASES, Cancelled, Progress, ProgressCallback
+from nst_server.engine.progress import PHASES, Cancelled, FinishEarly, Progress, ProgressCallback
 
-__all__ = ["PHASES", "Cancelled", "EngineError", "Progress", "ProgressCallback", "StyleEngine"]
+#: Version of the engine's look: bumped whenever new defaults or methods change the picture the
+#: same settings give. Result records carry it (README's changelog says what changed).
+ENGINE_VERSION = 1
+
+__all__ = [
+    "ENGINE_VERSION",
+    "PHASES",
+    "Cancelled",
+    "EngineError",
+    "FinishEarly",
+    "Progress",
+    "ProgressCallback",
+    "StyleEngine",
+]
 
 
 def __getattr__(name: str):

@@ -25,8 +25,8 @@ from threadpoolctl import threadpool_limits
 
 from nst_server.engine import colour, lbfgs, losses, memory
 from nst_server.engine.errors import EngineError
-from nst_server.engine.progress import Progress, ProgressCallback
-from nst_server.params import VGG19_LAYERS, StyleParams
+from nst_server.engine.progress import FinishEarly, Progress, ProgressCallback
+from nst_server.params import STRENGTH_DEFAULT, VGG19_LAYERS, StyleParams
 from nst_server.weights import WeightsSource, load_weights, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -392,6 +392,11 @@ class StyleEngine:
         ``ValueError`` for malformed arrays.
         """
         _check_image(content, "content")
+        if params.style_loss != "gram" or params.upscale != "plain":
+            raise EngineError(
+                f"style_loss {params.style_loss!r} / upscale {params.upscale!r}: this engine "
+                "has only 'gram' and 'plain' so far"
+            )
         if not styles:
             raise ValueError("at least one style image is needed")
         for style in styles:
@@ -503,7 +508,7 @@ class StyleEngine:
         weights = tf.constant(
             [
                 params.content_weight,
-                params.style_weight,
+                style_weight(params),
                 params.tv_weight,
                 _ANCHOR_WEIGHT if mask is not None else 0.0,
             ],
@@ -514,6 +519,7 @@ class StyleEngine:
         opt_started = time.perf_counter()
         done_steps = 0
         x: np.ndarray | None = None
+        latest: list[np.ndarray] = []  # the newest iterate, kept when the run is finished early
         for index, ((side, steps), (h, w)) in enumerate(zip(schedule, sizes, strict=True)):
             photo = resize(content[..., :3], h, w)[tf.newaxis]
             feats = self._feature_fn(plan, model)(photo)
@@ -567,6 +573,7 @@ class StyleEngine:
                 done_work=done_work,
                 index=index,
             ) -> None:
+                latest[:] = [flat.reshape(h, w, 3)]
                 spent = time.perf_counter() - opt_started
                 finished = done_work + step * h * w
                 eta = spent / finished * (sum(work) - finished)
@@ -586,19 +593,25 @@ class StyleEngine:
                     )
                 )
 
-            if params.optimizer == "lbfgs" and self.lbfgs == "tensorflow":
-                x = lbfgs.minimize(
-                    evaluate_tensor,
-                    tf.constant(x[np.newaxis], tf.float32),
-                    steps,
-                    memory=LBFGS_MEMORY,
-                    callback=lambda i, xt, named, report=report: report(i, xt.numpy(), named),
-                ).numpy()[0]
-            else:
-                optimise = _run_lbfgs if params.optimizer == "lbfgs" else _run_adam
-                x = optimise(
-                    evaluate, x.astype(np.float64).reshape(-1), steps, params, report
-                ).reshape(h, w, 3)
+            try:
+                if params.optimizer == "lbfgs" and self.lbfgs == "tensorflow":
+                    x = lbfgs.minimize(
+                        evaluate_tensor,
+                        tf.constant(x[np.newaxis], tf.float32),
+                        steps,
+                        memory=LBFGS_MEMORY,
+                        callback=lambda i, xt, named, report=report: report(i, xt.numpy(), named),
+                    ).numpy()[0]
+                else:
+                    optimise = _run_lbfgs if params.optimizer == "lbfgs" else _run_adam
+                    x = optimise(
+                        evaluate, x.astype(np.float64).reshape(-1), steps, params, report
+                    ).reshape(h, w, 3)
+            except FinishEarly:
+                # Keep the picture so far; a coarse pass's picture is brought to the
+                # result's size below, by the same resize the next pass would start from.
+                x = latest[0] if latest else x
+                break
             done_steps += steps
         assert x is not None
         return x.astype(np.float32)
@@ -626,7 +639,7 @@ class StyleEngine:
         side = max(MIN_SHORT_SIDE, round(max(h, w) * params.style_scale))
         grams = tuple(self._style_targets(plan, model, styles, side, blend))
         weights = tf.constant(
-            [params.content_weight, params.style_weight, params.tv_weight, 0.0], tf.float32
+            [params.content_weight, style_weight(params), params.tv_weight, 0.0], tf.float32
         )
         total, terms, _ = self._loss_fn(plan, model)(
             tf.constant(image[np.newaxis, ..., :3], tf.float32),
@@ -643,6 +656,14 @@ class StyleEngine:
             "style": float(terms[1]),
             "tv": float(terms[2]),
         }
+
+
+def style_weight(params: StyleParams) -> float:
+    """The style loss's weight: ``params.style_weight`` when given, else from ``strength`` (50 is
+    the balanced weight 20; every 25 points multiply or divide it by 10)."""
+    if params.style_weight is not None:
+        return params.style_weight
+    return 20.0 * 10.0 ** ((params.strength - STRENGTH_DEFAULT) / 25.0)
 
 
 def scale_schedule(long_side: int, iterations: int, coarse_to_fine: bool) -> list[tuple[int, int]]:

@@ -1,4 +1,4 @@
-"""Progress events sent by the engine, and the exception a callback raises to cancel."""
+"""Progress events sent by the engine, and the outcomes a callback raises to end a run early."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ PHASES = ("queued", "loading", "preparing", "optimising", "encoding")
 
 class Cancelled(Exception):  # noqa: N818 - it is an outcome, not a failure
     """Raised by a progress callback to stop a run; the engine lets it propagate."""
+
+
+class FinishEarly(Exception):  # noqa: N818 - it is an outcome, not a failure
+    """Raised by a progress callback to stop a run and keep the picture so far: the engine
+    returns its current iterate, brought to the result's size, as the result."""
 
 
 @dataclass(frozen=True)

@@ -181,3 +181,30 @@ def test_memory_guard_lowers_the_size_and_says_so(engine, monkeypatch):
     monkeypatch.setenv("NST_FREE_MEMORY_MB", "0.5")
     with pytest.raises(EngineError, match="not enough memory"):
         engine.stylize(synthetic_photo(96, 128), [synthetic_painting()], params())
+
+
+def test_finish_early_keeps_the_picture_of_that_step_at_the_photos_size(engine):
+    """A callback raising FinishEarly ends the run with the iterate of that step as the result
+    (brought to the photo's size), not the photo and not the full run."""
+    from nst_server.engine import FinishEarly
+    from nst_server.engine.core import resize
+
+    photo = synthetic_photo(48, 96)
+    painting = synthetic_painting()
+    seen: list[np.ndarray] = []
+
+    def stop_at_three(event: Progress) -> None:
+        if event.phase == "optimising":
+            seen.append(event.preview.copy())
+            if event.step == 3:
+                raise FinishEarly
+
+    job = params(iterations=20, max_size=64)
+    kept = engine.stylize(photo, [painting], job, stop_at_three)
+    assert len(seen) == 3, "the run went on after FinishEarly"
+    assert kept.shape == photo.shape
+    expected = resize(seen[-1], *photo.shape[:2]).numpy()
+    np.testing.assert_allclose(kept, expected, atol=1e-5)
+    full = engine.stylize(photo, [painting], job)
+    assert np.abs(kept - photo).mean() > 1e-3  # it moved away from the photo...
+    assert np.abs(kept - full).mean() > 1e-3  # ... but is not the finished picture

@@ -725,3 +725,16 @@ def test_module_imports_without_gi() -> None:
         f"sys.path.insert(0, {str(Path(nst_client.__file__).parent)!r}); import nst_client"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_strength_is_sent_as_is_to_a_server_that_knows_it() -> None:
+    schema = {
+        "params": {
+            **fake_server.PARAMS_SCHEMA["params"],
+            "strength": {"type": "number", "default": 50.0, "minimum": 0.0, "maximum": 100.0},
+            "style_weight": {"type": "number", "default": None, "nullable": True},
+        }
+    }
+    assert nst_client.build_job_params(schema, strength=75)["strength"] == 75.0
+    standard = nst_client.build_job_params(schema, strength=50)
+    assert "strength" not in standard and "style_weight" not in standard
