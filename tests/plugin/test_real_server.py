@@ -72,7 +72,9 @@ def test_job_through_the_started_real_server(started_server: nst_client.NstClien
     client = started_server
     schema = client.params()
     assert {"iterations", "max_size", "style_weight"} <= set(schema["params"])
-    params = nst_client.build_job_params(schema, quality="draft", iterations=6, max_size=64)
+    params = nst_client.build_job_params(
+        schema, {"quality": "draft", "iterations": 6, "max-size": 64}
+    )
     content = _photo(80, 60)
     events: list[str] = []
     png = nst_client.run_job(

@@ -195,21 +195,32 @@ def check_snapshot(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 class _Watchdog:
     """Shuts a connection's socket down when the request's total deadline passes: a blocked
-    read then returns at once, however slowly the server drips its answer."""
+    read then returns at once, however slowly the server drips its answer. It holds the socket
+    itself: http.client drops the connection's reference once the headers say "close"."""
 
-    def __init__(self, connection: http.client.HTTPConnection, seconds: float) -> None:
+    def __init__(self, seconds: float) -> None:
         self.fired = False
-        self._connection = connection
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
         self._timer = threading.Timer(max(0.0, seconds), self._fire)
         self._timer.daemon = True
         self._timer.start()
 
+    def watch(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.fired:
+                self._shut()
+
     def _fire(self) -> None:
-        self.fired = True
-        sock = self._connection.sock
-        if sock is not None:
+        with self._lock:
+            self.fired = True
+            self._shut()
+
+    def _shut(self) -> None:
+        if self._sock is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                self._sock.shutdown(socket.SHUT_RDWR)
 
     def cancel(self) -> None:
         self._timer.cancel()
@@ -270,9 +281,11 @@ class NstClient:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         connection, prefix = self._connection(seconds)
-        watchdog = _Watchdog(connection, seconds)
+        watchdog = _Watchdog(seconds)
         started = time.monotonic()
         try:
+            connection.connect()
+            watchdog.watch(connection.sock)
             connection.request(method, prefix + path, body=body, headers=headers)
             response = connection.getresponse()
             status = response.status

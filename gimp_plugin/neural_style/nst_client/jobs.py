@@ -8,6 +8,7 @@ procedure, scripts, benchmarks).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -205,11 +206,10 @@ class JobTracker:
 
     def cancel_quietly(self) -> None:
         """Free the server at once (our own error, a timeout, Ctrl-C); best effort."""
-        try:
-            if self.client.status(self.job_id).get("state") in ("queued", "running"):
-                self.client.cancel(self.job_id)
-        except NstError:
-            pass
+        if self.last is not None and self.last.get("state") in FINAL_STATES:
+            return
+        with contextlib.suppress(NstError):
+            self.client.cancel(self.job_id)
 
 
 def run_job(

@@ -164,7 +164,7 @@ OPTIONS: tuple[Option, ...] = (
         "Processing size in pixels, longer side (0: from the quality setting)",
         default=0,
         minimum=0,
-        maximum=8192,
+        maximum=4096,  # the server's default limit (/v1/params says; a test checks)
         field="max_size",
         auto=0,
         group=ADVANCED,
