@@ -748,3 +748,53 @@ def test_strength_is_sent_as_is_to_a_server_that_knows_it() -> None:
     assert nst_client.build_job_params(schema, {"strength": 75.0})["strength"] == 75.0
     standard = nst_client.build_job_params(schema, {"strength": 50.0})
     assert "strength" not in standard and "style_weight" not in standard
+
+
+# ------------------------------------------------------------------ keep (finish) and preview
+
+
+def _started_job(url: str) -> tuple[nst_client.NstClient, str]:
+    client = nst_client.NstClient(url)
+    photo = nst_client.encode_png(gradient(40, 30, 3, 8))
+    job_id = client.submit(photo, [photo], {"max_size": 32})
+    client.status(job_id)  # one step: now running, with a preview
+    return client, job_id
+
+
+def test_finish_keeps_the_picture_so_far(fake) -> None:
+    url, state = fake
+    state.steps = 100
+    client, job_id = _started_job(url)
+    client.finish(job_id)
+    snapshot = client.status(job_id)
+    assert snapshot["state"] == "done" and snapshot["progress"]["finished_early"] is True
+    assert snapshot["progress"]["step"] < 100
+    assert state.finished == [job_id]
+
+
+def test_finish_on_a_server_too_old_for_it_says_to_update(fake) -> None:
+    url, state = fake
+    state.has_finish = False
+    client, job_id = _started_job(url)
+    with pytest.raises(nst_client.ServerTooOld) as info:
+        client.finish(job_id)
+    text = str(info.value)
+    assert "too old" in text and "install/install.sh" in text and "Cancel still works" in text
+
+
+def test_finish_of_an_unknown_job_is_not_mistaken_for_an_old_server(fake) -> None:
+    url, _state = fake
+    with pytest.raises(nst_client.ServerError) as info:
+        nst_client.NstClient(url).finish("nope")
+    assert not isinstance(info.value, nst_client.ServerTooOld)
+    assert info.value.status == 404
+
+
+def test_preview_asks_for_a_size(fake) -> None:
+    url, state = fake
+    client, job_id = _started_job(url)
+    preview = nst_client.decode_png(client.preview(job_id, size=16))
+    assert (preview.width, preview.height) == (16, 12)
+    assert ("GET", f"/v1/jobs/{job_id}/preview?size=16") in state.requests
+    # Larger than the processing size (32 px here): the server gives its processing size.
+    assert nst_client.decode_png(client.preview(job_id, size=500)).width == 32
