@@ -24,6 +24,15 @@ from .client import (
     is_loopback_url,
     parse_json,
 )
+from .controller import (
+    Event,
+    HistoryEntry,
+    Result,
+    RunRequest,
+    RunView,
+    StudioController,
+    history_from_layers,
+)
 from .errors import (
     JobCancelled,
     JobLost,
@@ -75,6 +84,13 @@ from .settings import (
 )
 
 __all__ = [
+    "Event",
+    "HistoryEntry",
+    "Result",
+    "RunRequest",
+    "RunView",
+    "StudioController",
+    "history_from_layers",
     "BUILT_IN",
     "BY_NAME",
     "CONFIG_NAME",

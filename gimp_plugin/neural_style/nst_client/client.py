@@ -474,13 +474,14 @@ class NstClient:
         limit = max_png_bytes(size or DEFAULT_PREVIEW_SIZE, size or DEFAULT_PREVIEW_SIZE)
         return self._request("GET", self._job_path(job_id, tail), max_bytes=limit).body
 
-    def finish(self, job_id: str) -> dict[str, Any]:
+    def finish(self, job_id: str, *, job_known: bool = False) -> dict[str, Any]:
         """Keep the picture so far: the job ends after its current step as ``done``. A server
-        without the route gives a :class:`ServerTooOld` saying to update it."""
+        without the route gives a :class:`ServerTooOld` saying to update it (a 404 means that
+        when the job is known to exist: ``job_known``, or a status request says so)."""
         try:
             return self._json("POST", self._job_path(job_id, "/finish"))
         except ServerError as exc:
-            if exc.status == 405 or (exc.status == 404 and self._knows(job_id)):
+            if exc.status == 405 or (exc.status == 404 and (job_known or self._knows(job_id))):
                 raise ServerTooOld(
                     f"The neural style server at {self.base_url} is too old to keep a picture "
                     "before the run ends (it has no 'finish'): update it by running "
