@@ -646,6 +646,9 @@ def test_load_config(tmp_path: Path) -> None:
     path.write_text("{broken")
     with pytest.raises(nst_client.NstError, match="re-run install/install_plugin.sh"):
         nst_client.load_config(path)
+    # As Windows PowerShell 5 writes it (install.ps1): with a byte-order mark.
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"token_file": "C:/t"}).encode())
+    assert nst_client.load_config(path) == {"token_file": "C:/t"}
 
 
 def test_config_path_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,7 +51,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """
     file = Path(path) if path else config_path()
     try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
+        # utf-8-sig: Windows PowerShell 5 writes a byte-order mark (install/install.ps1).
+        doc = json.loads(file.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
