@@ -7,8 +7,8 @@
 # newer Debian packages into the host would break it, so GIMP runs in here.
 #
 # Usage: tests/gimp/build_chroot.sh [--release trixie|forky] [ROOT]
-#        (release default: $NST_GIMP_RELEASE or trixie; ROOT default: $NST_GIMP_ROOT or the
-#        release's root above)
+#        (release default: $NST_GIMP_RELEASE or trixie; ROOT default: the release's root above,
+#        or $NST_GIMP_ROOT for trixie, $NST_GIMP32_ROOT for forky)
 #        NST_GIMP_XVFB=1 tests/gimp/build_chroot.sh   also installs Xvfb + xdotool + imagemagick
 #                                                    (the dialog screenshot, the window's tests)
 # Idempotent: a finished debootstrap has etc/debian_version and no debootstrap/ dir, and a
@@ -23,11 +23,11 @@ if [[ "${1:-}" == --release ]]; then
     shift 2
 fi
 case "$RELEASE" in
-    trixie) DEFAULT_ROOT=/var/cache/nst-gimp3-root ;;
-    forky) DEFAULT_ROOT=/var/cache/nst-gimp32-root ;;
+    trixie) DEFAULT_ROOT="${NST_GIMP_ROOT:-/var/cache/nst-gimp3-root}" ;;
+    forky) DEFAULT_ROOT="${NST_GIMP32_ROOT:-/var/cache/nst-gimp32-root}" ;;
     *) echo "build_chroot.sh: unknown release $RELEASE (trixie or forky)" >&2; exit 2 ;;
 esac
-ROOT="${1:-${NST_GIMP_ROOT:-$DEFAULT_ROOT}}"
+ROOT="${1:-$DEFAULT_ROOT}"
 MIRROR="${NST_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PACKAGES=(gimp python3 python3-gi gir1.2-gimp-3.0 gir1.2-gegl-0.4 gir1.2-babl-0.1 ca-certificates)
 if [[ "${NST_GIMP_XVFB:-0}" == 1 ]]; then

@@ -218,6 +218,7 @@ def scenario_basic():
             result_to_painting_colour=distance(mean_rgb(result_px), painting),
             record=record_of(layer),
             photo_id=photo.get_id(),
+            style_id=style.get_id(),
             result_to_scream_colour=distance(
                 mean_rgb(result_px), second_painting_colour(photo.get_width(), photo.get_height())
             ),
@@ -491,6 +492,7 @@ SCENARIOS = {
     "showcase": scenario_showcase,
     "dialog": scenario_dialog,
 }
+emit("gimp", {"version": Gimp.version(), "directory": Gimp.directory()})
 for name in os.environ.get("NST_E2E_SCENARIOS", "basic").split(","):
     SCENARIOS[name.strip()]()
 emit("end", {})

@@ -23,7 +23,32 @@ sys.path.insert(0, str(REPO / "gimp_plugin" / "neural_style"))
 import nst_client  # noqa: E402
 
 SHARED_IMAGES = Path(os.environ.get("NST_SHARED_IMAGES", REPO.parent / "shared" / "images"))
-GIMP_ROOT = Path(os.environ.get("NST_GIMP_ROOT", "/var/cache/nst-gimp3-root"))
+
+
+@dataclass(frozen=True)
+class GimpRelease:
+    """One GIMP 3 the end-to-end tests run in: a Debian release's chroot and its binary."""
+
+    version: str  # "3.0", "3.2": what the tests expect Gimp.version() to start with
+    debian: str  # the release tests/gimp/build_chroot.sh --release builds
+    root: Path
+    console: str  # the batch binary inside the chroot
+
+
+GIMP_RELEASES = (
+    GimpRelease(
+        "3.0",
+        "trixie",
+        Path(os.environ.get("NST_GIMP_ROOT", "/var/cache/nst-gimp3-root")),
+        "gimp-console-3.0",
+    ),
+    GimpRelease(
+        "3.2",
+        "forky",
+        Path(os.environ.get("NST_GIMP32_ROOT", "/var/cache/nst-gimp32-root")),
+        "gimp-console-3.2",
+    ),
+)
 #: Where the lead (and a person) can look at what GIMP made; outside the repository.
 EXPORT_DIR = Path(os.environ.get("NST_GIMP_EXPORT_DIR", "/tmp/nst-gimp-e2e"))
 #: The server's abandonment time in this test: short, so the "killed plug-in" case is quick.
@@ -42,9 +67,13 @@ def unavailable(reason: str) -> None:
 
 @dataclass
 class GimpSession:
-    root: Path
+    release: GimpRelease
     inside: str  # the session folder as the chroot sees it, e.g. /tmp/nst-e2e-1234
     outside: Path  # the same folder on the host
+
+    @property
+    def root(self) -> Path:
+        return self.release.root
 
     def run(
         self, scenarios: str, env: dict[str, str], timeout: float = 240
@@ -75,7 +104,7 @@ class GimpSession:
             "/usr/bin/env",
             "-i",
             *(f"{k}={v}" for k, v in variables.items()),
-            "gimp-console-3.0",
+            self.release.console,
             "-i",
             "--batch-interpreter=python-fu-eval",
             "-b",

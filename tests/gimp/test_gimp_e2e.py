@@ -1,12 +1,14 @@
-"""End to end in a real GIMP 3.0 (Debian 13 chroot) against the real server on the host.
+"""End to end in real GIMP 3.0 (Debian 13 chroot) and GIMP 3.2 (Debian testing chroot) against
+the real server on the host.
 
 A GIMP batch script (e2e_batch.py) builds a two-layer image from ../shared/images (photo at an
 offset inside a larger canvas, painting above it), calls python-fu-neural-style
 non-interactively with tiny settings, and prints what it finds as "NST-E2E" markers.
 
-Run:  pytest -m gimp tests/gimp        (root; builds /var/cache/nst-gimp3-root on first use,
-                                        NST_GIMP_ROOT overrides; skipped loudly when it cannot
-                                        run, failed instead when CI=true)
+Run:  pytest -m gimp tests/gimp        (root; builds /var/cache/nst-gimp3-root and
+                                        /var/cache/nst-gimp32-root on first use, NST_GIMP_ROOT
+                                        and NST_GIMP32_ROOT override; skipped loudly when it
+                                        cannot run, failed instead when CI=true)
 """
 
 from __future__ import annotations
@@ -40,12 +42,17 @@ def test_stylise_in_gimp(gimp: GimpSession, real_server: RealServer) -> None:
     )
     assert rc == 0, found
     assert "end" in found, "the batch script did not run to its end"
+    version = found["gimp"]["version"]
+    print(f"\nGIMP end-to-end test ran in GIMP {version} ({gimp.release.debian} chroot)")
+    assert version.startswith(gimp.release.version + "."), version
 
     basic = found["basic"]
     assert basic["status"] == "success", basic["message"]
     assert basic["layers_after"] == basic["layers_before"] + 1
     assert basic["new_layers"] == 1
-    assert basic["name"] == "Neural Style (Starry Night)"
+    # The photo (112 px) was processed at 96 px and enlarged: the name says so.
+    enlarged = f"96 px ×{max(basic['photo_size']) / 96:.1f}"
+    assert basic["name"] == f"Neural Style (Starry Night) {enlarged}"
     assert basic["size"] == basic["photo_size"]
     assert basic["offsets"] == basic["photo_offsets"] == [7, 5]
     # Directly above the photo: the photo's old position now holds the new layer.
@@ -55,10 +62,19 @@ def test_stylise_in_gimp(gimp: GimpSession, real_server: RealServer) -> None:
     assert basic["diff_to_photo"] > 5.0
     assert basic["result_to_painting_colour"] < 0.9 * basic["photo_to_painting_colour"], basic
     assert basic["exported"]
-    # The result layer records its photo (for "continue") and the job's params.
-    assert basic["record"]["source_id"] == basic["photo_id"]
-    assert basic["record"]["source_name"] == "Photo"
-    assert basic["record"]["params"]["iterations"] == 20
+    # The result layer records (version 2) its photo (for "continue"), its painting, the
+    # settings and params, and the facts of the run.
+    record = basic["record"]
+    assert record["version"] == 2
+    assert record["source_id"] == basic["photo_id"]
+    assert record["source_name"] == "Photo"
+    assert record["paintings"] == [{"name": "Starry Night", "layer_id": basic["style_id"]}]
+    assert record["params"]["iterations"] == 20
+    assert record["settings"]["quality"] == "draft" and record["settings"]["seed"] == 1
+    assert (record["processing_size"], record["steps"], record["seed"]) == (96, 20, 1)
+    assert record["strength"] == 50.0 and record["finished_early"] is False
+    assert record["engine_version"] == real_server.client.health()["engine_version"]
+    assert 0 < record["time_s"] < 240
     EXPORT_DIR.mkdir(parents=True, exist_ok=True)
     shutil.copy(gimp.outside / "side_by_side.png", EXPORT_DIR / "side_by_side.png")
 
@@ -86,7 +102,7 @@ def test_stylise_in_gimp(gimp: GimpSession, real_server: RealServer) -> None:
     # second painting (The Scream's oranges) compared with the Starry-Night-only basic run.
     two = found["two-styles"]
     assert two["status"] == "success", two["message"]
-    assert two["name"] == "Neural Style (Starry Night + The Scream)"
+    assert two["name"] == f"Neural Style (Starry Night + The Scream) {enlarged}"
     assert two["record"]["params"]["style_blend"] == [50.0, 50.0]
     assert two["result_to_scream_colour"] < basic_to_scream(found), (two, found["basic"])
 
@@ -109,17 +125,17 @@ def test_stylise_in_gimp(gimp: GimpSession, real_server: RealServer) -> None:
     deep = found["deep"]
     assert deep["status"] == "success", deep["message"]
     assert deep["precision"] == "u16-non-linear"
-    assert deep["name"] == "Neural Style (Starry Night)"
+    assert deep["name"] == f"Neural Style (Starry Night) {enlarged}"
     assert deep["fine_samples"] > 0.5, deep
 
     # 32-bit float: only 16 bits come back, and the layer name says so (never silent loss).
     float_run = found["float"]
     assert float_run["status"] == "success", float_run["message"]
-    assert float_run["name"] == "Neural Style (Starry Night) [16-bit result]"
+    assert float_run["name"] == f"Neural Style (Starry Night) {enlarged} [16-bit result]"
 
     style_file = found["style-file"]
     assert style_file["status"] == "success", style_file["message"]
-    assert style_file["name"] == "Neural Style (style.jpg)"
+    assert style_file["name"] == f"Neural Style (style.jpg) {enlarged}"
     assert style_file["diff_to_photo"] > 5.0
 
     grey = found["grey"]
