@@ -12,7 +12,8 @@
 #   NST_E2E_URL        the real server's URL (the host's 127.0.0.1 is shared with the chroot)
 #   NST_E2E_DEAD_URL   a URL where nothing listens (the "server unreachable" scenario)
 #   NST_E2E_SCENARIOS  comma-separated: basic, selection, unreachable, long, deep, style-file,
-#                      grey, float, preserve, two-styles, continue, dialog (GUI only), showcase
+#                      grey, float, preserve, two-styles, continue, registered, dialog (GUI
+#                      only), showcase
 #                      (docs/gimp-result.png, by hand only: NST_E2E_SIZE=427, server defaults,
 #                      about 6 minutes on a 2-core CPU; writes showcase.png into NST_E2E_DIR)
 #   NST_E2E_SIZE       long side of the test image in pixels (default 112)
@@ -477,7 +478,14 @@ def scenario_dialog():
     emit("dialog", {"status": proc.run(config).index(0).value_nick})
 
 
+def scenario_registered():
+    """Whether GIMP found the plug-in in its profile (the installer's layout)."""
+    found = Gimp.get_pdb().lookup_procedure("python-fu-neural-style") is not None
+    emit("registered", {"registered": found})
+
+
 SCENARIOS = {
+    "registered": scenario_registered,
     "basic": scenario_basic,
     "selection": scenario_selection,
     "unreachable": scenario_unreachable,

@@ -76,7 +76,7 @@ class GimpSession:
         return self.release.root
 
     def run(
-        self, scenarios: str, env: dict[str, str], timeout: float = 240
+        self, scenarios: str, env: dict[str, str | None], timeout: float = 240
     ) -> tuple[int, dict[str, dict]]:
         """Run tests/gimp/e2e_batch.py in gimp-console; return (exit code, markers by name)."""
         proc = self.start(scenarios, env)
@@ -88,7 +88,8 @@ class GimpSession:
             pytest.fail(f"GIMP did not finish within {timeout} s:\n{out}\n{err[-3000:]}")
         return proc.returncode, self.markers(out, err)
 
-    def start(self, scenarios: str, env: dict[str, str]) -> subprocess.Popen:
+    def start(self, scenarios: str, env: dict[str, str | None]) -> subprocess.Popen:
+        """GIMP running the scenarios; ``env`` adds variables, or removes them with None."""
         variables = {
             "HOME": "/root",
             "PATH": "/usr/bin:/bin",
@@ -103,7 +104,7 @@ class GimpSession:
             str(self.root),
             "/usr/bin/env",
             "-i",
-            *(f"{k}={v}" for k, v in variables.items()),
+            *(f"{k}={v}" for k, v in variables.items() if v is not None),
             self.release.console,
             "-i",
             "--batch-interpreter=python-fu-eval",

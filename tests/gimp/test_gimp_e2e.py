@@ -16,12 +16,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import time
+import uuid
 
 import pytest
 from gimp_harness import (
     ABANDON_AFTER_S,
     EXPORT_DIR,
+    REPO,
+    GimpRelease,
     GimpSession,
     RealServer,
     nst_client,
@@ -202,3 +206,38 @@ def test_killed_plugin_frees_the_server(gimp: GimpSession, real_server: RealServ
     )
     assert nst_client.decode_png(png).width == 64
     assert time.monotonic() - started < 60
+
+
+def test_a_new_user_installs_then_starts_gimp(gimp_release: GimpRelease) -> None:
+    """As a new user would: no GIMP profile yet, so the installer creates GIMP/3.0 (and no
+    other); GIMP then finds the plug-in: 3.0 in that profile, 3.2 by copying it on its first
+    start. A second install then reaches every profile that exists."""
+    name = f"nst-home-{uuid.uuid4().hex[:8]}"
+    home = gimp_release.root / "tmp" / name
+    home.mkdir(parents=True)
+    try:
+        install = [str(REPO / "install" / "install_plugin.sh"), "--start-command", "/no/server"]
+        environ = {"PATH": os.environ["PATH"], "HOME": str(home)}
+        first = subprocess.run(
+            ["bash", *install], env=environ, capture_output=True, text=True, check=True
+        ).stdout
+        gimp_dir = home / ".config" / "GIMP"
+        assert "no GIMP 3 profile found" in first
+        assert sorted(p.name for p in gimp_dir.iterdir()) == ["3.0"]
+
+        session = GimpSession(gimp_release, f"/tmp/{name}", home)
+        rc, found = session.run(
+            "registered", {"HOME": f"/tmp/{name}", "GIMP3_DIRECTORY": None}, timeout=180
+        )
+        assert rc == 0 and found["registered"]["registered"], found
+        profile = f"/tmp/{name}/.config/GIMP/{gimp_release.version}"
+        assert found["gimp"]["directory"] == profile
+        assert (gimp_dir / gimp_release.version / "plug-ins" / "neural_style").is_dir()
+
+        again = subprocess.run(
+            ["bash", *install], env=environ, capture_output=True, text=True, check=True
+        ).stdout
+        for version in sorted({"3.0", gimp_release.version}):
+            assert f"installed {gimp_dir / version / 'plug-ins' / 'neural_style'}" in again
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
