@@ -78,6 +78,9 @@ def gimp(gimp_release: GimpRelease) -> Iterator[GimpSession]:
             str(outside / "profile" / "plug-ins"),
             "--start-command",
             "/nonexistent/nst-server serve",
+            # The server's token, as the plug-in finds it (the tests write it there).
+            "--token-file",
+            f"/tmp/{name}/token",
         ],
         check=True,
         capture_output=True,

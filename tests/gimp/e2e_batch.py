@@ -12,8 +12,8 @@
 #   NST_E2E_URL        the real server's URL (the host's 127.0.0.1 is shared with the chroot)
 #   NST_E2E_DEAD_URL   a URL where nothing listens (the "server unreachable" scenario)
 #   NST_E2E_SCENARIOS  comma-separated: basic, selection, unreachable, long, deep, style-file,
-#                      grey, float, preserve, two-styles, continue, registered, dialog (GUI
-#                      only), showcase
+#                      grey, float, preserve, two-styles, continue, registered, badtoken,
+#                      dialog (GUI only), showcase
 #                      (docs/gimp-result.png, by hand only: NST_E2E_SIZE=427, server defaults,
 #                      about 6 minutes on a 2-core CPU; writes showcase.png into NST_E2E_DIR)
 #   NST_E2E_SIZE       long side of the test image in pixels (default 112)
@@ -346,6 +346,24 @@ def scenario_style_file():
     image.delete()
 
 
+def scenario_badtoken():
+    """A token the server does not know (an old install, a reset token): a message saying what
+    to run, and no new layer."""
+    image, photo, style = build_image()
+    before = image.get_layers()
+    status, message = call_plugin(image, photo, style, URL, server_token="not-the-token" * 3)
+    emit(
+        "badtoken",
+        {
+            "status": status,
+            "message": message,
+            "layers_before": len(before),
+            "layers_after": len(image.get_layers()),
+        },
+    )
+    image.delete()
+
+
 def scenario_preserve():
     """Preserve colours: the result keeps the photo's chroma (the basic run's changes it)."""
     image, photo, style = build_image()
@@ -486,6 +504,7 @@ def scenario_registered():
 
 SCENARIOS = {
     "registered": scenario_registered,
+    "badtoken": scenario_badtoken,
     "basic": scenario_basic,
     "selection": scenario_selection,
     "unreachable": scenario_unreachable,

@@ -39,9 +39,12 @@ pytestmark = pytest.mark.gimp
 def test_stylise_in_gimp(gimp: GimpSession, real_server: RealServer) -> None:
     """Success; a masked result for a selection; 16-bit precision kept; a style file instead of
     a layer; preserved colours; two styles; continuing from a result; a clean error and no new
-    layer when no server answers."""
+    layer when no server answers; the token read from the file the installer recorded, and a
+    wrong token's message."""
+    (gimp.outside / "token").write_text(real_server.client.token)
     rc, found = gimp.run(
-        "basic,selection,unreachable,deep,float,style-file,grey,preserve,two-styles,continue",
+        "basic,selection,unreachable,deep,float,style-file,grey,preserve,two-styles,continue,"
+        "badtoken",
         {"NST_E2E_URL": real_server.url, "NST_E2E_DEAD_URL": f"http://127.0.0.1:{free_port()}"},
     )
     assert rc == 0, found
@@ -147,6 +150,14 @@ def test_stylise_in_gimp(gimp: GimpSession, real_server: RealServer) -> None:
     assert "RGB" in (grey["message"] or "")
     assert grey["layers_after"] == grey["layers_before"]
 
+    if real_server.client.token:  # the server needs one: it came from the token file
+        bad = found["badtoken"]
+        assert bad["status"] == "execution-error"
+        assert bad["layers_after"] == bad["layers_before"]
+        assert "refused the plug-in's token (from the Server token setting)" in bad["message"]
+        assert "install/install.sh" in bad["message"]
+        assert "nst-server token --show" in bad["message"]
+
     unreachable = found["unreachable"]
     assert unreachable["status"] == "execution-error"
     assert unreachable["layers_after"] == unreachable["layers_before"]
@@ -170,6 +181,7 @@ def _queue_busy(server: RealServer) -> int:
 
 def test_killed_plugin_frees_the_server(gimp: GimpSession, real_server: RealServer) -> None:
     """GIMP kills a plug-in whose user presses Cancel: the server must drop the job itself."""
+    (gimp.outside / "token").write_text(real_server.client.token)
     proc = gimp.start("long", {"NST_E2E_URL": real_server.url})
     try:
         deadline = time.monotonic() + 120
