@@ -57,8 +57,8 @@ class Job:
     content: object  # nst_client.RawImage
     style_pngs: list
     paintings: list  # nst_client.Painting, in upload order
-    mask_png: bytes = None
-    init_png: bytes = None
+    mask_png: bytes | None = None
+    init_png: bytes | None = None
 
 
 @dataclass
