@@ -238,6 +238,10 @@ def run_job(
     is killed (GIMP's Cancel), polling stops and the server cancels the job itself.
     """
     report = progress or (lambda fraction, text: None)
+    try:
+        size: tuple[int, int] | None = png_size(content_png)  # the result's: bounds its reading
+    except ValueError:
+        size = None  # the server will say what is wrong with the photo
     report(None, "Neural style: sending the images")
     job_id = client.submit(content_png, style_pngs, params, mask_png=mask_png, init_png=init_png)
     tracker = JobTracker(
@@ -256,7 +260,7 @@ def run_job(
             told = len(tracker.notes)
             if status["state"] == "done":
                 report(1.0, "Neural style: fetching the result")
-                return tracker.result(size=png_size(content_png))
+                return tracker.result(size=size)
             report(*progress_text(status))
             if timeout is not None and time.monotonic() - started > timeout:
                 raise NstError(
