@@ -36,7 +36,11 @@ def test_stylise_in_gimp(gimp: GimpSession, real_server: RealServer) -> None:
     layer when no server answers."""
     rc, found = gimp.run(
         "basic,selection,unreachable,deep,float,style-file,grey,preserve,two-styles,continue",
-        {"NST_E2E_URL": real_server.url, "NST_E2E_DEAD_URL": f"http://127.0.0.1:{free_port()}"},
+        {
+            "NST_E2E_URL": real_server.url,
+            "NST_E2E_TOKEN": real_server.client.token,
+            "NST_E2E_DEAD_URL": f"http://127.0.0.1:{free_port()}",
+        },
     )
     assert rc == 0, found
     assert "end" in found, "the batch script did not run to its end"
@@ -150,7 +154,9 @@ def _queue_busy(server: RealServer) -> int:
 
 def test_killed_plugin_frees_the_server(gimp: GimpSession, real_server: RealServer) -> None:
     """GIMP kills a plug-in whose user presses Cancel: the server must drop the job itself."""
-    proc = gimp.start("long", {"NST_E2E_URL": real_server.url})
+    proc = gimp.start(
+        "long", {"NST_E2E_URL": real_server.url, "NST_E2E_TOKEN": real_server.client.token}
+    )
     try:
         deadline = time.monotonic() + 120
         while _queue_busy(real_server) == 0:

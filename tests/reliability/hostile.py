@@ -84,6 +84,14 @@ def png16(channels: int) -> bytes:
     return encode_png(np.stack(planes, axis=2), bit_depth=16)
 
 
+def float_tiff(odd: float | None = None) -> bytes:
+    """A 32-bit float TIFF with values in 0..1; ``odd`` written into one pixel."""
+    values = np.asarray(gradient(W, H, "L"), np.float32) / 255.0
+    if odd is not None:
+        values[3, 5] = odd
+    return _save(Image.fromarray(values, "F"), "TIFF")
+
+
 def hostile_images(small: bool = False) -> dict[str, tuple[bytes, tuple[object, str]]]:
     """Name -> (bytes, expectation). ``small`` leaves out the ~100 KB zlib bombs (fuzzing)."""
     good_png = png(gradient(W, H))
@@ -122,7 +130,10 @@ def hostile_images(small: bool = False) -> dict[str, tuple[bytes, tuple[object, 
         "LA PNG": (png(gradient(W, H, "LA")), ("ok", "RGBA")),
         "L PNG": (png(gradient(W, H, "L")), ("ok", "RGB")),
         "1-bit PNG": (png(gradient(W, H, "1")), ("ok", "RGB")),
-        "float TIFF": (_save(gradient(W, H, "F"), "TIFF"), ("ok", "RGB")),
+        "float TIFF 0..1": (float_tiff(), ("ok", "RGB")),
+        "float TIFF with NaN": (float_tiff(float("nan")), (400, "bad_image")),
+        "float TIFF with infinity": (float_tiff(float("inf")), (400, "bad_image")),
+        "float TIFF above 1": (float_tiff(255.0), (400, "bad_image")),
         "BMP": (_save(gradient(W, H), "BMP"), ("ok", "RGB")),
     }
     if not small:
