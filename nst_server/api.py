@@ -44,6 +44,7 @@ from nst_server.jobs import (
 )
 from nst_server.params import ParamsError, StyleParams
 from nst_server.settings import ServerSettings
+from nst_server.weights import WeightsSource, weights_warning
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,8 @@ def health() -> Response:
         "memory": queue.budget.stats(),
         "log": _state().settings.log_file,
     }
-    warning = getattr(engine, "weights_warning", None)
+    source = getattr(engine, "weights", None)
+    warning = weights_warning(source) if isinstance(source, WeightsSource) else None
     if warning:
         body["weights_warning"] = warning
     if queue.status_error:

@@ -54,7 +54,7 @@ _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
 MAX_SIDE = 65535
 #: Scans a JPEG may have: a progressive JPEG decodes every pixel once per scan (encoders write
 #: about 10; a few hundred bytes of headers can declare thousands).
-MAX_JPEG_SCANS = 64
+MAX_JPEG_SCANS = 32
 #: Segments before a JPEG's first scan, and blocks before a GIF's first frame (Pillow parses
 #: each in Python): real files have tens.
 MAX_HEADER_BLOCKS = 10_000

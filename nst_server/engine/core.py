@@ -202,17 +202,12 @@ class StyleEngine:
 
     def _build_vgg(self) -> tf.keras.Model:
         started = time.perf_counter()
-        if self.weights.kind == "keras-h5":
-            # Keras' own loader for Keras' own file (also what an online user has in ~/.keras).
-            vgg = tf.keras.applications.VGG19(
-                include_top=False, weights=str(self.weights.path), input_shape=(None, None, 3)
-            )
-        else:
-            vgg = tf.keras.applications.VGG19(
-                include_top=False, weights=None, input_shape=(None, None, 3)
-            )
-            for name, (kernel, bias) in load_weights(self.weights).items():
-                vgg.get_layer(name).set_weights([kernel, bias])
+        vgg = tf.keras.applications.VGG19(
+            include_top=False, weights=None, input_shape=(None, None, 3)
+        )
+        # Our reader for both files: it checks a known file's digest on the bytes it reads.
+        for name, (kernel, bias) in load_weights(self.weights).items():
+            vgg.get_layer(name).set_weights([kernel, bias])
         vgg.trainable = False  # gradients w.r.t. the image only, never the kernels
         log.info(
             "VGG19 built in %.1f s from %s on %s",
