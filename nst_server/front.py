@@ -6,9 +6,10 @@ keeps threads free from slow clients. On top of it, as soon as a request's heade
 - ``on_headers(method, path, headers)`` decides whether its body is stored at all. A request
   the guard refuses (foreign Host, other origin, no token) or whose body is over the upload
   limit has its body read and discarded, never buffered or spooled; the app then answers 401,
-  403 or 413 without reading it (the environ carries ``BODY_DROPPED``). The same hook marks a
-  poll of a job as a sign of life at once, even while the poll waits for a thread, so a
-  polling client is never taken for gone.
+  403 or 413 without reading it (the environ carries ``BODY_DROPPED``). A body more than
+  ``CUT_OFF_SLACK`` over the limit is not read at all: 413 at once, connection closed. The same
+  hook marks a poll of a job as a sign of life at once, even while the poll waits for a thread,
+  so a polling client is never taken for gone.
 - Headers must arrive within ``header_timeout_s``; beyond ``connection_limit`` connections, the
   oldest one still sending its headers is closed. Slow drips of bytes cannot pin the server.
 - Waitress spools bodies over 512 KB to temporary files: ``serve`` points Python's temporary
@@ -21,6 +22,7 @@ Written against waitress 3.0 (pinned in pyproject.toml): it subclasses ``HTTPCha
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,11 +31,14 @@ from typing import Any
 import waitress
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
-from waitress.task import WSGITask
+from waitress.task import ErrorTask, WSGITask
 
 from nst_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+
+#: Bytes over the upload limit that are still read (and discarded) for a clean 413.
+CUT_OFF_SLACK = 2**20
 
 #: (method, path, headers as waitress keeps them: "CONTENT_LENGTH", ...) -> drop the body?
 HeadersHook = Callable[[str, str, Mapping[str, str]], bool]
@@ -106,6 +111,34 @@ class _Task(WSGITask):
         return environ
 
 
+class _ErrorTask(ErrorTask):
+    """Waitress' own refusals (a body far over the limit, broken framing, huge headers) as the
+    same JSON errors the app gives."""
+
+    upload_limit = 0  # set on the per-server subclass
+
+    def execute(self) -> None:
+        error = self.request.error
+        if error.code == 413:
+            message = (
+                f"the upload is larger than this server's limit of {self.upload_limit} bytes "
+                "(max_upload_bytes); it was not read. Send smaller images"
+            )
+        else:
+            message = f"{error.reason}: {error.body}"
+        body = json.dumps(
+            {"error": {"code": _ERROR_CODES.get(error.code, "bad_request"), "message": message}}
+        ).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+_ERROR_CODES = {400: "bad_request", 413: "too_large", 431: "headers_too_large", 501: "bad_request"}
+
+
 class _Channel(HTTPChannel):
     task_class = _Task
     header_timeout_s = 10.0  # set on the per-server subclass
@@ -164,11 +197,13 @@ class _Channel(HTTPChannel):
 def create_front(app: Any, settings: ServerSettings, on_headers: HeadersHook) -> Any:
     """A waitress server for ``app`` on the settings' host and port, not yet running."""
     parser = type("Parser", (_Parser,), {"on_headers": staticmethod(on_headers)})
+    errors = type("ErrorTask", (_ErrorTask,), {"upload_limit": settings.max_upload_bytes})
     channel = type(
         "Channel",
         (_Channel,),
         {
             "parser_class": parser,
+            "error_task_class": errors,
             "header_timeout_s": settings.header_timeout_s,
             "connection_limit": settings.connection_limit,
         },
@@ -180,9 +215,10 @@ def create_front(app: Any, settings: ServerSettings, on_headers: HeadersHook) ->
         threads=settings.threads,
         # >0 lets waitress notice a client hanging up mid-request: /v1/stylize then cancels
         channel_request_lookahead=4,
-        # Over the upload limit a body is discarded, not stored (on_headers); far over it,
-        # waitress answers 413 itself and closes the connection.
-        max_request_body_size=2 * settings.max_upload_bytes + 2**20,
+        # Up to CUT_OFF_SLACK over the upload limit a body is read and discarded (on_headers),
+        # so the client reads a 413 it can show; beyond, it is cut off at once: 413 (as JSON,
+        # _ErrorTask) and the connection closed, nothing read.
+        max_request_body_size=settings.max_upload_bytes + CUT_OFF_SLACK,
         # Eviction (above) keeps the count at the setting; waitress' own limit, which stops
         # accepting anyone, is a backstop above it.
         connection_limit=settings.connection_limit + 100,

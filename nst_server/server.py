@@ -13,7 +13,7 @@ import re
 import resource
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +110,38 @@ def raise_file_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def headers_hook(
+    app: Any, settings: ServerSettings
+) -> Callable[[str, str, Mapping[str, str]], bool]:
+    """The front's ``on_headers`` for ``app``: drop the body of a request that will be refused
+    (the guard's rules, the upload limit); mark a poll of a job as a sign of life."""
+    from nst_server.api import get_guard, get_queue
+
+    guard, queue = get_guard(app), get_queue(app)
+
+    def on_headers(method: str, path: str, headers: Mapping[str, str]) -> bool:
+        principal, refusal = guard.check(
+            method, path, lambda name: headers.get(name.upper().replace("-", "_"))
+        )
+        if refusal is not None:
+            return True
+        length = headers.get("CONTENT_LENGTH", "0")
+        if length.isdigit() and int(length) > settings.max_upload_bytes:
+            return True
+        match = _JOB_PATH.fullmatch(path)
+        if principal is not None and match:
+            queue.touch(match.group(1))
+        return False
+
+    return on_headers
+
+
 def serve(settings: ServerSettings, *, weights: Any = None) -> None:
     """Check, bind, start the worker (which builds the network now), serve until interrupted.
 
     ``weights``: a resolved ``WeightsSource`` (the CLI fetches them first); None uses
     ``settings.weights`` or the usual search."""
-    from nst_server.api import create_app, get_guard, get_queue
+    from nst_server.api import create_app, get_queue
     from nst_server.engine import StyleEngine
     from nst_server.front import create_front, server_url
 
@@ -131,25 +157,9 @@ def serve(settings: ServerSettings, *, weights: Any = None) -> None:
     raise_file_limit(settings.connection_limit + 256)
     engine = StyleEngine(weights if weights is not None else settings.weights)
     app = create_app(settings, engine=engine, authenticator=authenticator, start_worker=False)
-    queue, guard = get_queue(app), get_guard(app)
-
-    def on_headers(method: str, path: str, headers: Mapping[str, str]) -> bool:
-        """Drop the body of a request that will be refused; mark a poll as a sign of life."""
-        principal, refusal = guard.check(
-            method, path, lambda name: headers.get(name.upper().replace("-", "_"))
-        )
-        if refusal is not None:
-            return True
-        length = headers.get("CONTENT_LENGTH", "0")
-        if length.isdigit() and int(length) > settings.max_upload_bytes:
-            return True
-        match = _JOB_PATH.fullmatch(path)
-        if principal is not None and match:
-            queue.touch(match.group(1))
-        return False
-
+    queue = get_queue(app)
     try:
-        server = create_front(app, settings, on_headers)
+        server = create_front(app, settings, headers_hook(app, settings))
     except OSError as exc:
         raise ServerConfigError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; is "
