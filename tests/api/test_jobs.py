@@ -298,7 +298,7 @@ def test_no_unload_when_idle_unload_is_zero(make_queue) -> None:
 
 
 def test_submit_is_thread_safe(make_queue) -> None:
-    queue = make_queue(FakeEngine(), capacity=1000)
+    queue = make_queue(FakeEngine(), capacity=1000, max_finished=1000)
     ids: list[str] = []
 
     def submit_many() -> None:
@@ -313,6 +313,16 @@ def test_submit_is_thread_safe(make_queue) -> None:
     assert len(set(ids)) == 80
     for job_id in ids:
         assert wait_for(lambda job_id=job_id: finished(queue, job_id))["state"] == "done"
+
+
+def test_finished_jobs_beyond_the_limit_are_forgotten_oldest_first(make_queue) -> None:
+    queue = make_queue(FakeEngine(), max_finished=3)
+    jobs = []
+    for _ in range(5):
+        jobs.append(queue.submit(job_inputs(CONTENT, [STYLE]), params(1)))
+        wait_for(lambda: finished(queue, jobs[-1].id))
+    assert [queue.snapshot(j.id) is None for j in jobs] == [True, True, False, False, False]
+    assert queue.budget.used() == sum(len(j.result) for j in jobs[2:])  # results, nothing else
 
 
 def test_a_long_poll_answers_at_the_next_change_not_at_its_timeout(make_queue) -> None:
