@@ -102,6 +102,7 @@ class ApiError(HTTPException):
         self.code = status
         self.error_code = code
         self.extra_headers = dict(headers or {})
+        self.logged = False  # already in the log (refusals by the guard, with the address)
 
 
 class _Request(Request):
@@ -202,7 +203,7 @@ def _http_error(exc: HTTPException) -> Response:
     else:
         code = _CODES.get(status, "http_error")
         message = exc.description or exc.name
-    if status < 500:  # a client's mistake: worth a line when debugging a plug-in
+    if status < 500 and not getattr(exc, "logged", False):  # worth a line when debugging a client
         log.info("%s %s -> %d %s: %s", request.method, request.path, status, code, message)
     response = exc.get_response()  # keeps headers such as Allow (405)
     response.set_data(json.dumps({"error": {"code": code, "message": message}}))
@@ -249,7 +250,9 @@ def _guard() -> None:
             request.remote_addr,
             refusal.code,
         )
-        raise ApiError(refusal.status, refusal.code, refusal.message, refusal.headers)
+        refused = ApiError(refusal.status, refusal.code, refusal.message, refusal.headers)
+        refused.logged = True
+        raise refused
     if request.environ.get(BODY_DROPPED):
         _fail(413, "too_large", _too_large_message())
     g.principal = principal
