@@ -96,7 +96,7 @@ class _Parser(HTTPRequestParser):
             self.expect_continue = False
             self.body_rcv = None
             self.completed = True
-            self.connection_close = True
+            self.headers["CONNECTION"] = "close"  # waitress closes after the answer
         else:
             self.body_rcv.buf = _DiscardBuffer()  # read to the end, keep nothing
 

@@ -120,7 +120,7 @@ class LiveServer:
     """``python -m nst_server serve`` on 127.0.0.1:<free port> with the real engine.
 
     Its log is ``workdir/server.log``, its stdout + stderr ``workdir/stderr.txt``. ``env`` is
-    added to the environment (e.g. ``NST_MAX_CONTENT_LENGTH``); ``None`` for ``queue_size`` or
+    added to the environment (e.g. ``NST_MAX_UPLOAD_BYTES``); ``None`` for ``queue_size`` or
     ``abandon_after_s`` means the server's own default. ``start()`` again after ``stop()`` or
     ``kill9()`` restarts it on the same port.
     """

@@ -158,3 +158,18 @@ def test_a_refused_body_is_discarded_not_stored(front) -> None:
     reply = answer(sock)
     assert reply.startswith(b"HTTP/1.1 401") and b'"unauthorized"' in reply
     assert get_queue(app).stats()["queued"] == 0
+
+
+def test_a_refused_client_waiting_to_send_its_body_is_answered_at_once(front) -> None:
+    """curl sends "Expect: 100-continue" before a large body: a refused request gets its 401
+    straight away (no "100 Continue", the body never sent) and the connection is closed."""
+    port, app = front(FakeEngine())
+    started = time.monotonic()
+    sock = send(
+        port,
+        b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 99999999\r\n\r\n",
+    )
+    reply = answer(sock)
+    assert reply.startswith(b"HTTP/1.1 401") and b"100 Continue" not in reply
+    assert b"Connection: close" in reply and time.monotonic() - started < 2.0
