@@ -37,7 +37,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.baseline_tf_tutorial import run_baseline  # noqa: E402
 from nst_server.engine import Cancelled, Progress, StyleEngine  # noqa: E402
-from nst_server.engine.core import fit_size, lbfgs_options, scale_schedule  # noqa: E402
+from nst_server.engine.core import lbfgs_options  # noqa: E402
+from nst_server.engine.planning import fit_size, scale_schedule  # noqa: E402
 from nst_server.params import StyleParams  # noqa: E402
 from tests.conftest import SHARED_IMAGES, load_rgb  # noqa: E402
 from tests.live_server import LiveServer, import_nst_client  # noqa: E402

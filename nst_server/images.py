@@ -7,7 +7,15 @@ upload (``what``: "content", "style" or "mask"). Decisions documented here:
   Ghostscript); an upload server should not.
 - Size: the *declared* width x height is checked against ``max_pixels`` before a single pixel is
   decoded, so a decompression bomb (a tiny file declaring gigapixels) costs nothing. Pillow's own
-  DecompressionBombWarning/Error are treated as refusals too.
+  DecompressionBombError is treated as a refusal too. No side may exceed 65535 px.
+- Decode cost: before Pillow parses a file, its structure is walked here with a bounded number of
+  steps, so the work a file can cause is bounded per byte and per pixel: a PNG's chunks, a GIF's
+  blocks before its first frame and a JPEG's segments are counted (a flood of empty chunks is
+  refused), a JPEG's scans are counted (each scan of a progressive JPEG is a pass over every
+  pixel), a TIFF's strips or tiles are counted, and run-length encoded BMPs (decoded by Pillow in
+  Python, pixel by pixel) are refused. ``inspect_image`` does only this and reads the header:
+  the API calls it for each upload; ``decode_image`` (run by the job's worker) decodes.
+  No lock is held while decoding.
 - Truncation: the image is fully loaded with ``ImageFile.LOAD_TRUNCATED_IMAGES`` left False, so a
   cut-off PNG/JPEG is refused instead of silently padded with grey.
 - Animated images (GIF, APNG, WebP): the first frame is used, as an image viewer shows it.
@@ -23,9 +31,8 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import struct
-import threading
-import warnings
 import zlib
 from dataclasses import dataclass
 from os import PathLike
@@ -43,9 +50,20 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Channels per PNG colour type (greyscale, RGB, -, -, grey+alpha, -, RGBA); palette is never 16-bit.
 _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
 
-# warnings.catch_warnings() swaps process-wide state; serialise the (cheap, header-only) opens
-# so concurrent request threads do not restore each other's filters.
-_open_lock = threading.Lock()
+#: Longest side accepted, in pixels (JPEG's own limit; beyond it PNG rows become decode bombs).
+MAX_SIDE = 65535
+#: Scans a JPEG may have: a progressive JPEG decodes every pixel once per scan (encoders write
+#: about 10; a few hundred bytes of headers can declare thousands).
+MAX_JPEG_SCANS = 32
+#: Segments before a JPEG's first scan, and blocks before a GIF's first frame (Pillow parses
+#: each in Python): real files have tens.
+MAX_HEADER_BLOCKS = 10_000
+#: Strips or tiles of a TIFF (Pillow builds a Python list of them when it opens the file).
+MAX_TIFF_BLOCKS = 65_536
+#: A PNG may have this many chunks plus one per 4 KB of file (encoders write 8-64 KB chunks).
+_PNG_CHUNKS_BASE = 20_000
+_PNG_BYTES_PER_CHUNK = 4096
+_FILL_BYTES = re.compile(rb"\xff{2,}")
 
 
 class ImageError(ValueError):
@@ -54,6 +72,51 @@ class ImageError(ValueError):
 
 class ImageTooLarge(ImageError):
     """An image declares more pixels than allowed (the API answers 413 rather than 400)."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an upload's header says, before any pixel is decoded.
+
+    ``channels``: 3 or 4 once decoded (4 when it has alpha); ``bit_depth`` 8 or 16.
+    """
+
+    format: str
+    width: int
+    height: int
+    channels: int
+    bit_depth: int
+    png16: bool = False  # decoded by this module's own 16-bit PNG reader
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)."""
+        return self.width, self.height
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of the decoded float32 array."""
+        return self.pixels * self.channels * 4
+
+    @property
+    def decode_peak_bytes(self) -> int:
+        """An upper bound of the memory decoding takes, the decoded array included."""
+        if self.png16:
+            h, w = self.height, self.width
+            bpp = 8  # bytes per pixel of the file, at most (16-bit RGBA)
+            inflated = h * (1 + w * bpp)
+            n, diagonals = min(h, w), h + w + 1
+            skewed = diagonals * (n + 1) * bpp * 3  # uint8 input and int16 working copy
+            indices = 4 * 8 * self.pixels  # the pixel coordinates, int64
+            return 2 * inflated + skewed + indices + self.pixels * (bpp + 2 * 16)
+        # Pillow's own image (at most 4 bytes a pixel, twice with an EXIF rotation), its RGB(A)
+        # conversion, libjpeg's coefficients for a progressive JPEG, the float32 array and the
+        # temporary of the division that makes it.
+        return self.pixels * (4 * 2 + 4 + 12 + 16 * 2)
 
 
 @dataclass(frozen=True)
@@ -72,20 +135,21 @@ class DecodedImage:
         return int(self.pixels.shape[1]), int(self.pixels.shape[0])
 
 
+def inspect_image(data: bytes, *, what: str, max_pixels: int) -> ImageInfo:
+    """Check an upload without decoding its pixels: format, structure, declared size and
+    decode cost; raise :class:`ImageError` (or ``ImageTooLarge``) if it cannot be used."""
+    image = _open_checked(data, what=what, max_pixels=max_pixels)
+    try:
+        return _info(image, data)
+    finally:
+        image.close()
+
+
 def decode_image(data: bytes, *, what: str, max_pixels: int) -> DecodedImage:
     """Decode an uploaded file; raise :class:`ImageError` (or ``ImageTooLarge``) if unusable."""
-    if not data:
-        raise ImageError(f"{what}: the file is empty")
-    # Pillow must never pad a cut-off file; something else in the process setting this would
-    # turn truncated uploads into grey-bottomed pictures, so insist.
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    image = _open(data, what=what)
+    image = _open_checked(data, what=what, max_pixels=max_pixels)
     try:
-        width, height = image.size
-        _check_size(width, height, what=what, max_pixels=max_pixels)
-        if getattr(image, "is_animated", False):
-            log.info("%s: animated %s, using its first frame", what, image.format)
-        if image.format == "PNG" and _png_is_16bit_colour(data):
+        if _info(image, data).png16:
             return DecodedImage(_decode_png16(data, what=what), 16)
         try:
             image.load()
@@ -100,6 +164,57 @@ def decode_image(data: bytes, *, what: str, max_pixels: int) -> DecodedImage:
         return _to_float(image, what=what)
     finally:
         image.close()
+
+
+def mask_from_image(decoded: DecodedImage) -> np.ndarray:
+    """A mask as H x W float32 in [0, 1]: its luminance, times its alpha if it has one."""
+    pixels = decoded.pixels
+    grey = pixels[..., 0] * 0.299 + pixels[..., 1] * 0.587 + pixels[..., 2] * 0.114
+    if pixels.shape[2] == 4:
+        grey = grey * pixels[..., 3]
+    return np.ascontiguousarray(np.clip(grey, 0.0, 1.0), dtype=np.float32)
+
+
+def _open_checked(data: bytes, *, what: str, max_pixels: int) -> Image.Image:
+    """Walk the file's structure (bounded), then let Pillow read its header; sizes checked."""
+    if not data:
+        raise ImageError(f"{what}: the file is empty")
+    # Pillow must never pad a cut-off file; something else in the process setting this would
+    # turn truncated uploads into grey-bottomed pictures, so insist.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    declared = _walk_structure(data, what=what)
+    if declared is not None:  # checked before Pillow parses anything
+        _check_size(*declared, what=what, max_pixels=max_pixels)
+    image = _open(data, what=what)
+    try:
+        _check_size(*image.size, what=what, max_pixels=max_pixels)
+        if image.format == "BMP" and image.info.get("compression") in (1, 2):
+            raise ImageError(
+                f"{what}: run-length encoded BMP files are not accepted; save it as PNG"
+            )
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def _info(image: Image.Image, data: bytes) -> ImageInfo:
+    png16 = image.format == "PNG" and _png_is_16bit_colour(data)
+    mode = image.mode
+    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
+        mode in ("P", "L", "RGB") and "transparency" in image.info
+    )
+    if png16:  # Pillow's mode says 8 bits; the file may carry alpha (or a tRNS key)
+        has_alpha = True
+    high = png16 or mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+    return ImageInfo(
+        format=str(image.format),
+        width=image.size[0],
+        height=image.size[1],
+        channels=4 if has_alpha else 3,
+        bit_depth=16 if high else 8,
+        png16=png16,
+    )
 
 
 def load_image_file(path: str | PathLike[str], *, max_pixels: int) -> DecodedImage:
@@ -144,24 +259,169 @@ def thumbnail_png(pixels: np.ndarray, *, longest: int = 256) -> bytes:
 
 
 def _open(data: bytes, *, what: str) -> Image.Image:
-    with _open_lock, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return Image.open(io.BytesIO(data), formats=FORMATS)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageTooLarge(f"{what}: refused as a decompression bomb ({exc})") from None
-        except Image.UnidentifiedImageError:
+    # Our own size check comes first and is stricter than Pillow's DecompressionBombWarning
+    # threshold at the default max_pixels; no process-wide warning filter is touched here.
+    try:
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{what}: refused as a decompression bomb ({exc})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(
+            f"{what}: not an image that could be read (expected {_FORMAT_LIST})"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+        # e.g. a PNG header declaring zero width, or a header cut short
+        raise ImageError(f"{what}: not a valid image ({exc})") from None
+
+
+def _walk_structure(data: bytes, *, what: str) -> tuple[int, int] | None:
+    """Walk the file's blocks with bounded work; (width, height) when the walk learnt them."""
+    if data.startswith(_PNG_SIGNATURE):
+        return _walk_png(data, what=what)
+    if data.startswith(b"\xff\xd8"):
+        return _walk_jpeg(data, what=what)
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return _walk_gif(data, what=what)
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        _walk_tiff(data, what=what)
+    return None
+
+
+def _walk_png(data: bytes, *, what: str) -> tuple[int, int]:
+    """Every chunk's length and the IEND at the end; the number of chunks is bounded."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ImageError(f"{what}: the PNG file is damaged (no header)")
+    width, height = struct.unpack(">II", data[16:24])
+    limit = _PNG_CHUNKS_BASE + len(data) // _PNG_BYTES_PER_CHUNK
+    pos, chunks = 8, 0
+    while True:
+        if pos + 12 > len(data):
+            raise ImageError(f"{what}: the PNG file is truncated")
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        pos += 12 + length
+        chunks += 1
+        if chunks > limit:
             raise ImageError(
-                f"{what}: not an image that could be read (expected {_FORMAT_LIST})"
-            ) from None
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
-            # e.g. a PNG header declaring zero width, or a header cut short
-            raise ImageError(f"{what}: not a valid image ({exc})") from None
+                f"{what}: the PNG file holds over {limit} chunks, far more than its size needs "
+                "(refused: decoding it would take very long); export it again"
+            )
+        if kind == b"IEND":
+            break
+    if pos > len(data):
+        raise ImageError(f"{what}: the PNG file is truncated")
+    return width, height
+
+
+def _walk_jpeg(data: bytes, *, what: str) -> tuple[int, int]:
+    """Segments up to the first scan (bounded), the size from the frame header, and the number
+    of scans (each is a pass over every pixel)."""
+    pos, segments, size = 2, 0, None
+    while True:
+        segments += 1
+        if segments > MAX_HEADER_BLOCKS:
+            raise ImageError(f"{what}: the JPEG file has over {MAX_HEADER_BLOCKS} header segments")
+        fill = _FILL_BYTES.match(data, pos)
+        if fill is not None:
+            pos = fill.end() - 1  # 0xFF fill bytes before a marker
+        if pos + 4 > len(data):
+            raise ImageError(f"{what}: the JPEG file is truncated")
+        if data[pos] != 0xFF:
+            raise ImageError(f"{what}: the JPEG file is damaged (no marker at byte {pos})")
+        marker = data[pos + 1]
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        if marker == 0xD9:
+            raise ImageError(f"{what}: the JPEG file has no image data")
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if length < 2:
+            raise ImageError(f"{what}: the JPEG file is damaged (bad segment length)")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and pos + 9 <= len(data):
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            size = (width, height)
+        if marker == 0xDA:
+            break
+        pos += 2 + length
+    if size is None:
+        raise ImageError(f"{what}: the JPEG file is damaged (no frame header before its data)")
+    # Inside entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so
+    # this counts the scans' headers (and at worst a few bytes of other segments).
+    scans = 1 + data.count(b"\xff\xda", pos + 2)
+    if scans > MAX_JPEG_SCANS:
+        raise ImageError(
+            f"{what}: the JPEG file has {scans} scans (at most {MAX_JPEG_SCANS} are accepted: "
+            "each is a pass over every pixel); save it again as a baseline or normal "
+            "progressive JPEG"
+        )
+    if data.rfind(b"\xff\xd9", pos) < 0:
+        raise ImageError(f"{what}: the JPEG file is truncated (no end marker)")
+    return size
+
+
+def _walk_gif(data: bytes, *, what: str) -> tuple[int, int]:
+    """The blocks before the first frame, counted (Pillow reads each in Python)."""
+    if len(data) < 13:
+        raise ImageError(f"{what}: the GIF file is truncated")
+    width, height, flags = struct.unpack_from("<HHB", data, 6)
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    blocks = 0
+    while True:
+        if pos >= len(data):
+            raise ImageError(f"{what}: the GIF file is truncated")
+        kind = data[pos]
+        if kind == 0x2C:  # the first image
+            return width, height
+        if kind != 0x21:
+            raise ImageError(f"{what}: the GIF file has no image (or is damaged)")
+        pos += 2  # introducer and label, then sub-blocks up to an empty one
+        while True:
+            if pos >= len(data):
+                raise ImageError(f"{what}: the GIF file is truncated")
+            blocks += 1
+            if blocks > MAX_HEADER_BLOCKS:
+                raise ImageError(
+                    f"{what}: the GIF file has over {MAX_HEADER_BLOCKS} blocks before its image"
+                )
+            size = data[pos]
+            pos += 1 + size
+            if size == 0:
+                break
+
+
+def _walk_tiff(data: bytes, *, what: str) -> None:
+    """The first directory's strip or tile count (Pillow lists them in Python when it opens)."""
+    try:
+        order = "<" if data[:2] == b"II" else ">"
+        big = data[2:4] in (b"+\x00", b"\x00+")
+        if big:
+            (offset,) = struct.unpack_from(order + "Q", data, 8)
+            (entries,) = struct.unpack_from(order + "Q", data, offset)
+            entry_format, entry_size, first = order + "HHQ", 20, offset + 8
+        else:
+            (offset,) = struct.unpack_from(order + "I", data, 4)
+            (entries,) = struct.unpack_from(order + "H", data, offset)
+            entry_format, entry_size, first = order + "HHI", 12, offset + 2
+        if entries > MAX_HEADER_BLOCKS:
+            raise ImageError(f"{what}: the TIFF file has {entries} tags in its first directory")
+        for i in range(entries):
+            tag, _, count = struct.unpack_from(entry_format, data, first + i * entry_size)
+            if tag in (273, 279, 324, 325) and count > MAX_TIFF_BLOCKS:
+                raise ImageError(
+                    f"{what}: the TIFF file is split into {count} strips or tiles (at most "
+                    f"{MAX_TIFF_BLOCKS} are accepted); save it again"
+                )
+    except struct.error:
+        raise ImageError(f"{what}: the TIFF file is truncated or damaged") from None
 
 
 def _check_size(width: int, height: int, *, what: str, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(f"{what}: the image has zero size ({width} x {height})")
+    if max(width, height) > MAX_SIDE:
+        raise ImageTooLarge(
+            f"{what}: {width} x {height} px has a side over {MAX_SIDE} px, which this server "
+            "does not accept; scale or crop it"
+        )
     if width * height > max_pixels:
         raise ImageTooLarge(
             f"{what}: {width} x {height} is {width * height / 1e6:.1f} megapixels, over this "
@@ -175,7 +435,7 @@ def _to_float(image: Image.Image, *, what: str) -> DecodedImage:
         # Single-channel high-precision greyscale: Pillow's convert("RGB") would clip to 8 bits.
         grey = np.asarray(image).astype(np.float32)
         if mode == "F":
-            grey = np.clip(grey, 0.0, 1.0) if grey.max(initial=0.0) <= 1.0 else grey / 65535.0
+            _check_unit_floats(grey, what=what)
         else:
             grey = np.clip(grey / 65535.0, 0.0, 1.0)
         return DecodedImage(np.repeat(grey[:, :, None], 3, axis=2), 16)
@@ -188,6 +448,21 @@ def _to_float(image: Image.Image, *, what: str) -> DecodedImage:
         raise ImageError(f"{what}: cannot convert a {mode} image to RGB ({exc})") from None
     pixels = np.asarray(converted, dtype=np.float32) / 255.0
     return DecodedImage(pixels, 8)
+
+
+def _check_unit_floats(values: np.ndarray, *, what: str) -> None:
+    """Floating-point samples must be finite and within 0..1 (no silent black or garbage)."""
+    if not np.isfinite(values).all():
+        raise ImageError(
+            f"{what}: the floating-point image holds NaN or infinite values; export it with "
+            "values between 0 and 1 (or as 8/16-bit)"
+        )
+    low, high = float(values.min(initial=0.0)), float(values.max(initial=0.0))
+    if low < 0.0 or high > 1.0:
+        raise ImageError(
+            f"{what}: the floating-point image has values from {low:g} to {high:g}; they must "
+            "be between 0 and 1 (export it clipped, or as 8/16-bit)"
+        )
 
 
 def _png_is_16bit_colour(data: bytes) -> bool:

@@ -4,11 +4,18 @@ Why one worker: the network and its compiled TF functions are built once and kep
 two optimisations at once would only fight over the same cores or GPU memory. Jobs wait in a
 bounded queue (full -> :class:`QueueFull`, which the API answers with 429).
 
-A second, housekeeping thread cancels abandoned jobs (GIMP kills a plug-in whose user presses
-Cancel, so no DELETE may ever arrive: a job nobody has polled for ``abandon_after_s`` is
-cancelled) and forgets finished jobs after ``ttl_s`` so memory stays bounded.
+A waiting job holds its uploads as the compressed files they came in (a 10-megapixel PNG of
+one colour is a few hundred KB on the wire and 160 MB decoded): the worker decodes them when the
+job starts. Every job's memory is reserved in the :class:`~nst_server.budget.MemoryBudget`
+before it is accepted (see that module): its uploads and the room for its result while it
+exists, what it needs to run while it waits or runs.
 
-No HTTP here: the API layer turns these objects and exceptions into JSON.
+A second, housekeeping thread cancels abandoned jobs (GIMP kills a plug-in whose user presses
+Cancel, so no DELETE may ever arrive: a job nobody has asked about for ``abandon_after_s`` is
+cancelled) and forgets finished jobs after ``ttl_s`` or beyond ``max_finished`` of them, so
+memory stays bounded.
+
+No HTTP here: the API layer turns these objects and exceptions into JSON and statuses.
 """
 
 from __future__ import annotations
@@ -20,24 +27,57 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 import numpy as np
 
-from nst_server.engine import ENGINE_VERSION, Cancelled, EngineError, Progress
-from nst_server.images import encode_png, thumbnail_png
+from nst_server.budget import MemoryBudget
+from nst_server.engine import ENGINE_VERSION, Cancelled, EngineError, FinishEarly, Progress
+from nst_server.images import (
+    DecodedImage,
+    ImageError,
+    ImageInfo,
+    decode_image,
+    encode_png,
+    mask_from_image,
+    thumbnail_png,
+)
 from nst_server.params import StyleParams
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
-FINISHED = (DONE, FAILED, CANCELLED)
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+
+
+class ErrorCode(str, Enum):
+    """Why a job did not end ``done`` (the API maps each to an HTTP status)."""
+
+    BAD_IMAGE = "bad_image"  # an upload could not be decoded
+    BAD_INPUT = "bad_input"  # the inputs do not go together (the engine said ValueError)
+    ENGINE_ERROR = "engine_error"  # the engine cannot do it as asked (too small, ...)
+    OUT_OF_MEMORY = "out_of_memory"
+    INTERNAL = "internal"  # our bug: see the log
+    CANCELLED = "cancelled"
+
 
 #: A long poll answers a mere progress change no sooner than this after it began.
 LONG_POLL_GAP_S = 0.2
 
-#: Longer side of preview PNGs, in pixels.
+#: Longer side of preview PNGs when the client names none, in pixels.
 PREVIEW_SIZE = 256
+
+#: The budget of a queue built without one (tests): effectively none.
+UNLIMITED = 2**50
 
 
 class Engine(Protocol):
@@ -85,34 +125,113 @@ class QueueFull(Exception):  # noqa: N818 - reads better at the call site than Q
         self.capacity = capacity
 
 
+class NotRunning(Exception):  # noqa: N818 - an outcome, like QueueFull
+    """Finish was asked of a job that is not running; ``state`` is its state."""
+
+    def __init__(self, state: JobState) -> None:
+        super().__init__(state.value)
+        self.state = state
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file, as it came (``data``), with what its header said."""
+
+    data: bytes
+    info: ImageInfo
+    what: str  # "content", "style", "mask" or "init": named in error messages
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """A job's uploads, checked but not decoded."""
+
+    content: Upload
+    styles: tuple[Upload, ...]
+    mask: Upload | None = None
+    init: Upload | None = None
+
+    @property
+    def uploads(self) -> tuple[Upload, ...]:
+        extra = tuple(u for u in (self.mask, self.init) if u is not None)
+        return (self.content, *self.styles, *extra)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(u.data) for u in self.uploads)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A job's inputs decoded by the worker, as the engine takes them."""
+
+    content: np.ndarray
+    styles: list[np.ndarray]
+    mask: np.ndarray | None
+    init_image: np.ndarray | None
+
+
+def decode_inputs(inputs: JobInputs, max_pixels: int) -> Decoded:
+    """Decode every upload (ImageError naming the upload if one cannot be used)."""
+
+    def decode(upload: Upload) -> DecodedImage:
+        return decode_image(upload.data, what=upload.what, max_pixels=max_pixels)
+
+    content = decode(inputs.content)
+    mask = None
+    if inputs.mask is not None:
+        decoded_mask = decode(inputs.mask)
+        if decoded_mask.size != content.size:  # e.g. only one of them had an EXIF rotation
+            raise ImageError(
+                f"mask: {decoded_mask.size[0]}x{decoded_mask.size[1]} px once decoded, but the "
+                f"content is {content.size[0]}x{content.size[1]} px"
+            )
+        mask = mask_from_image(decoded_mask)
+    return Decoded(
+        content=content.pixels,
+        styles=[decode(s).pixels for s in inputs.styles],
+        mask=mask,
+        init_image=decode(inputs.init).pixels if inputs.init is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class JobNeeds:
+    """Bytes of the memory budget a job reserves: ``held`` while it exists (uploads, room for
+    the result and previews), ``run`` while it waits to run and runs (see budget.py)."""
+
+    held: int
+    run: int
+
+
 @dataclass(eq=False)
 class Job:
     """One job. Mutable fields are guarded by the queue's lock; read them via ``snapshot``."""
 
     id: str
-    content: np.ndarray | None  # inputs are dropped once the job finishes
-    styles: list[np.ndarray] | None
+    inputs: JobInputs | None  # dropped once decoded
     params: StyleParams
-    mask: np.ndarray | None = None  # H x W float32 in [0, 1], the content's size (API checks)
-    init_image: np.ndarray | None = None  # starting point instead of params.init (any size)
+    owner: str = ""  # the principal's name that created it
     size: tuple[int, int] = (0, 0)  # content (width, height)
     n_styles: int = 0
     bit_depth: int = 8
     created: float = field(default_factory=time.time)  # wall clock, for clients
-    state: str = QUEUED
+    state: JobState = JobState.QUEUED
     progress: dict[str, Any] = field(default_factory=lambda: {"phase": "queued"})
     error: str | None = None
-    # "engine_error" | "out_of_memory" | "bad_input" | "internal" | "cancelled"
-    error_code: str | None = None
+    error_code: ErrorCode | None = None
     result: bytes | None = None
     started: float | None = None  # monotonic
     finished: float | None = None  # monotonic
-    last_seen: float = 0.0  # monotonic, refreshed by every client GET
+    last_seen: float = 0.0  # monotonic, refreshed by every client request about it
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    finish_event: threading.Event = field(default_factory=threading.Event, repr=False)
     done_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    finished_early: bool = False
     _preview: np.ndarray | None = field(default=None, repr=False)
-    _preview_step: int = -1
-    _preview_png: tuple[int, bytes] | None = field(default=None, repr=False)
+    _preview_step: int | None = None
+    # ((step, longer side), PNG) of the last preview asked for
+    _preview_png: tuple[tuple[int, int], bytes] | None = field(default=None, repr=False)
     #: Bumped on every change a client can see (state, progress): long polls wait for it.
     version: int = 0
 
@@ -128,10 +247,13 @@ class JobQueue:
         self,
         engine: Engine,
         *,
-        capacity: int = 8,
+        capacity: int = 16,
         abandon_after_s: float = 30.0,
         ttl_s: float = 900.0,
+        max_finished: int = 64,
         idle_unload_s: float = 0.0,
+        max_pixels: int = 40_000_000,
+        budget: MemoryBudget | None = None,
         log_path: str | None = None,
         tick_s: float = 0.25,
     ) -> None:
@@ -141,7 +263,10 @@ class JobQueue:
         self.capacity = capacity
         self.abandon_after_s = abandon_after_s
         self.ttl_s = ttl_s
+        self.max_finished = max_finished
         self.idle_unload_s = idle_unload_s
+        self.max_pixels = max_pixels
+        self.budget = budget or MemoryBudget(UNLIMITED)
         self.log_path = log_path
         self._tick_s = tick_s
         self._lock = threading.Lock()
@@ -175,7 +300,12 @@ class JobQueue:
         with self._lock:
             self._stopping = True
             for job in list(self._waiting):
-                self._finish(job, CANCELLED, "cancelled: the server is shutting down", "cancelled")
+                self._finish(
+                    job,
+                    JobState.CANCELLED,
+                    "cancelled: the server is shutting down",
+                    ErrorCode.CANCELLED,
+                )
             self._waiting.clear()
             if self._running is not None:
                 self._running.cancel_event.set()
@@ -189,33 +319,41 @@ class JobQueue:
 
     def submit(
         self,
-        content: np.ndarray,
-        styles: Sequence[np.ndarray],
+        inputs: JobInputs,
         params: StyleParams,
         *,
-        mask: np.ndarray | None = None,
-        init_image: np.ndarray | None = None,
-        bit_depth: int = 8,
+        needs: JobNeeds | None = None,
+        owner: str = "",
+        replacing: object | None = None,
     ) -> Job:
-        """Queue a job; raise :class:`QueueFull` when ``capacity`` jobs are already waiting."""
-        if not styles:
+        """Queue a job. Raises :class:`QueueFull` when ``capacity`` jobs are already waiting,
+        and the budget's NeverFits/NotNow when ``needs`` does not fit (``replacing``: the
+        budget key of the upload this job takes over)."""
+        if not inputs.styles:
             raise ValueError("at least one style image is needed")
+        content = inputs.content.info
         job = Job(
             id=secrets.token_hex(16),
-            content=content,
-            styles=list(styles),
+            inputs=inputs,
             params=params,
-            mask=mask,
-            init_image=init_image,
-            bit_depth=bit_depth,
-            size=(int(content.shape[1]), int(content.shape[0])),
-            n_styles=len(styles),
+            owner=owner,
+            bit_depth=content.bit_depth,
+            size=content.size,
+            n_styles=len(inputs.styles),
         )
+        needs = needs or JobNeeds(held=inputs.nbytes, run=0)
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the job queue is shut down")
             if len(self._waiting) >= self.capacity:
                 raise QueueFull(self.capacity)
+            self.budget.reserve(
+                job.id,
+                held=needs.held,
+                run=needs.run,
+                what=f"this job ({job.size[0]}x{job.size[1]} px, max_size {params.max_size})",
+                replacing=replacing,
+            )
             job.last_seen = time.monotonic()
             self._jobs[job.id] = job
             self._waiting.append(job)
@@ -237,6 +375,10 @@ class JobQueue:
                 job.last_seen = time.monotonic()
             return job
 
+    def touch(self, job_id: str) -> None:
+        """A client asked about the job (e.g. its request is waiting for a thread)."""
+        self.get(job_id)
+
     def snapshot(self, job_id: str, *, touch: bool = True) -> dict[str, Any] | None:
         """A JSON-ready view of the job (see the OpenAPI file), or None if unknown."""
         with self._lock:
@@ -255,7 +397,7 @@ class JobQueue:
         is unknown or forgotten."""
         began = time.monotonic()
         deadline = began + timeout
-        state: str | None = None  # the job's state when the poll began
+        state: JobState | None = None  # the job's state when the poll began
         with self._lock:
             while True:
                 job = self._jobs.get(job_id)
@@ -287,19 +429,37 @@ class JobQueue:
             self._cancel_locked(job, reason)
             return self._snapshot(job)
 
-    def preview_png(self, job_id: str) -> bytes | None:
-        """A small PNG of the latest iterate, or None if there is none yet (job must exist)."""
+    def finish(self, job_id: str) -> dict[str, Any] | None:
+        """Ask a running job to stop after its current step, its picture so far the result.
+
+        Raises :class:`NotRunning` for a queued or finished job; None if unknown."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job._preview is None:
+            if job is None:
                 return None
             job.last_seen = time.monotonic()
-            if job._preview_png is not None and job._preview_png[0] == job._preview_step:
-                return job._preview_png[1]
-            pixels, step = job._preview, job._preview_step
-        png = thumbnail_png(pixels, longest=PREVIEW_SIZE)  # outside the lock: it takes a while
+            if job.state != JobState.RUNNING:
+                raise NotRunning(job.state)
+            if not job.finish_event.is_set():
+                job.finish_event.set()
+                log.info("job %s: finish asked", job.id)
+            return self._snapshot(job)
+
+    def preview_png(self, job_id: str, longest: int = PREVIEW_SIZE) -> bytes | None:
+        """A PNG of the latest iterate, longer side at most ``longest`` and at most the
+        processing size; None if there is none yet (the job must exist)."""
         with self._lock:
-            job._preview_png = (step, png)
+            job = self._jobs.get(job_id)
+            if job is None or job._preview is None or job._preview_step is None:
+                return None
+            job.last_seen = time.monotonic()
+            pixels, step = job._preview, job._preview_step
+            longest = max(1, min(longest, max(pixels.shape[:2])))
+            if job._preview_png is not None and job._preview_png[0] == (step, longest):
+                return job._preview_png[1]
+        png = thumbnail_png(pixels, longest=longest)  # outside the lock: it takes a while
+        with self._lock:
+            job._preview_png = ((step, longest), png)
         return png
 
     def stats(self) -> dict[str, int]:
@@ -325,16 +485,18 @@ class JobQueue:
         progress = dict(job.progress)
         if job.started is not None:
             progress["elapsed_s"] = round((job.finished or time.monotonic()) - job.started, 3)
-        if job.state == QUEUED:
+        if job.state == JobState.QUEUED:
             progress["position"] = next(
                 (i for i, waiting in enumerate(self._waiting) if waiting is job), 0
             )
+        if job.finished_early:
+            progress["finished_early"] = True
         return {
             "id": job.id,
-            "state": job.state,
+            "state": job.state.value,
             "progress": progress,
             "error": job.error,
-            "error_code": job.error_code,
+            "error_code": job.error_code.value if job.error_code else None,
             "created": job.created,
             "size": list(job.size),
             "styles": job.n_styles,
@@ -342,30 +504,46 @@ class JobQueue:
             "params": job.params.to_dict(),
             "engine_version": ENGINE_VERSION,
             "preview": job._preview is not None,
+            "preview_step": job._preview_step if job._preview is not None else None,
             "version": job.version,
         }
 
     def _cancel_locked(self, job: Job, reason: str) -> None:
-        if job.state == QUEUED:
+        if job.state == JobState.QUEUED:
             self._waiting.remove(job)  # a queued job is always in the deque (lock held)
-            self._finish(job, CANCELLED, reason, "cancelled")
+            self._finish(job, JobState.CANCELLED, reason, ErrorCode.CANCELLED)
             log.info("job %s %s (while queued)", job.id, reason)
-        elif job.state == RUNNING and not job.cancel_event.is_set():
+        elif job.state == JobState.RUNNING and not job.cancel_event.is_set():
             job.error = reason  # kept if the cancellation takes effect
             job.cancel_event.set()
             log.info("job %s %s (while running)", job.id, reason)
 
-    def _finish(self, job: Job, state: str, error: str | None, code: str | None) -> None:
-        """Move a job to a final state (lock held). Inputs are dropped: memory stays bounded."""
+    def _finish(self, job: Job, state: JobState, error: str | None, code: ErrorCode | None) -> None:
+        """Move a job to a final state (lock held). Inputs and previews are dropped, and its
+        reservation shrinks to its result: memory stays bounded."""
         job.state = state
         job.error = error
         job.error_code = code
         job.finished = time.monotonic()
-        job.progress["phase"] = state
+        job.progress["phase"] = state.value
         job.progress.pop("eta_s", None)
-        job.content = job.styles = job.mask = job.init_image = None
+        job.inputs = None
+        job._preview = job._preview_png = None
+        self.budget.shrink(job.id, held=len(job.result or b""), run=0)
         job.done_event.set()
         self._bump(job)
+        self._forget_beyond_limit()
+
+    def _forget(self, job: Job) -> None:
+        del self._jobs[job.id]
+        self.budget.release(job.id)
+
+    def _forget_beyond_limit(self) -> None:
+        finished = [j for j in self._jobs.values() if j.finished is not None]
+        if len(finished) > self.max_finished:
+            finished.sort(key=lambda j: j.finished or 0.0)
+            for job in finished[: len(finished) - self.max_finished]:
+                self._forget(job)
 
     def _worker(self) -> None:
         self._load_engine(None)
@@ -379,7 +557,7 @@ class JobQueue:
                     return
                 job = self._waiting.popleft() if self._waiting else None
                 if job is not None:
-                    job.state = RUNNING
+                    job.state = JobState.RUNNING
                     self._bump(job)
                     for behind in self._waiting:  # their queue positions moved up
                         self._bump(behind)
@@ -395,7 +573,9 @@ class JobQueue:
             finally:
                 with self._lock:
                     if job.state not in FINISHED:
-                        self._finish(job, FAILED, self._internal_error(), "internal")
+                        self._finish(
+                            job, JobState.FAILED, self._internal_error(), ErrorCode.INTERNAL
+                        )
                     self._running = None
                     self._idle_since = time.monotonic()
 
@@ -437,7 +617,10 @@ class JobQueue:
             if job is not None:
                 with self._lock:
                     self._finish(
-                        job, FAILED, f"the network could not be loaded: {message}", "engine_error"
+                        job,
+                        JobState.FAILED,
+                        f"the network could not be loaded: {message}",
+                        ErrorCode.ENGINE_ERROR,
                     )
             return False
         log.info("network ready on %s in %.1f s", self.engine.device, time.monotonic() - started)
@@ -466,57 +649,77 @@ class JobQueue:
             if getattr(event, "note", None):
                 update["note"] = event.note
             self._set_progress(job, update, preview=event.preview, step=event.step)
+            if job.finish_event.is_set() and event.phase == "optimising":
+                job.finished_early = True
+                raise FinishEarly
 
         try:
             if job.cancel_event.is_set():
                 raise Cancelled
-            assert job.content is not None and job.styles is not None
+            assert job.inputs is not None
+            self._set_progress(job, {"phase": "preparing"})  # decoding the uploads
+            decoded = decode_inputs(job.inputs, self.max_pixels)
+            with self._lock:
+                job.inputs = None  # decoded now: the compressed uploads can go
+                self.budget.shrink(job.id, held=self._held_after_decode(job))
             engine_started = time.monotonic()
             result = self.engine.stylize(
-                job.content,
-                job.styles,
+                decoded.content,
+                decoded.styles,
                 job.params,
                 on_progress,
-                mask=job.mask,
-                init_image=job.init_image,
+                mask=decoded.mask,
+                init_image=decoded.init_image,
             )
+            del decoded
             # The engine's own time, so clients can tell it from transfer and encoding.
             engine_s = round(time.monotonic() - engine_started, 3)
             self._set_progress(job, {"phase": "encoding", "eta_s": None, "engine_s": engine_s})
             png = encode_png(result, bit_depth=job.bit_depth)
+            del result
             if job.cancel_event.is_set():
                 raise Cancelled
         except Cancelled:
             with self._lock:
-                self._finish(job, CANCELLED, job.error or "cancelled", "cancelled")
+                self._finish(job, JobState.CANCELLED, job.error or "cancelled", ErrorCode.CANCELLED)
             log.info("job %s cancelled", job.id)
             return
+        except ImageError as exc:
+            self._fail(job, str(exc), ErrorCode.BAD_IMAGE)
+            return
         except EngineError as exc:
-            self._fail(job, str(exc), "engine_error")
+            self._fail(job, str(exc), ErrorCode.ENGINE_ERROR)
             return
         except ValueError as exc:
-            self._fail(job, str(exc), "bad_input")
+            self._fail(job, str(exc), ErrorCode.BAD_INPUT)
             return
         except Exception as exc:  # noqa: BLE001 - sorted below; the worker must survive
             if is_out_of_memory(exc):
                 # The real engine turns TF's ResourceExhaustedError into an EngineError itself;
                 # this catches a raw one (or a MemoryError from numpy/scipy) from anywhere else.
                 log.warning("job %s ran out of memory: %s", job.id, type(exc).__name__)
-                self._fail(job, self._out_of_memory_message(job), "out_of_memory")
+                self._fail(job, self._out_of_memory_message(job), ErrorCode.OUT_OF_MEMORY)
                 return
             # anything else is our bug: log it, tell the client where to look
             log.exception("job %s failed with an internal error", job.id)
-            self._fail(job, self._internal_error(), "internal")
+            self._fail(job, self._internal_error(), ErrorCode.INTERNAL)
             return
         with self._lock:
             job.result = png
-            self._finish(job, DONE, None, None)
-        log.info("job %s done in %.1f s", job.id, job.finished - job.started)
+            self._finish(job, JobState.DONE, None, None)
+        early = " (finished early)" if job.finished_early else ""
+        log.info("job %s done in %.1f s%s", job.id, job.finished - job.started, early)
 
-    def _fail(self, job: Job, message: str, code: str) -> None:
+    def _held_after_decode(self, job: Job) -> int:
+        """What the job still holds once its uploads are decoded: room for its result and
+        previews (the decoded arrays are part of its run reservation)."""
+        width, height = job.size
+        return result_png_bound(width, height, job.bit_depth) + preview_bound(job.params, job.size)
+
+    def _fail(self, job: Job, message: str, code: ErrorCode) -> None:
         log.warning("job %s failed: %s", job.id, message)
         with self._lock:
-            self._finish(job, FAILED, message, code)
+            self._finish(job, JobState.FAILED, message, code)
 
     def _set_progress(
         self,
@@ -528,10 +731,11 @@ class JobQueue:
     ) -> None:
         with self._lock:
             job.progress.update(update)
-            self._bump(job)
             if preview is not None:
                 job._preview = preview
-                job._preview_step = step if step is not None else job._preview_step + 1
+                previous = job._preview_step if job._preview_step is not None else 0
+                job._preview_step = step if step is not None else previous + 1
+            self._bump(job)
 
     def _bump(self, job: Job) -> None:
         """Record a visible change to ``job`` and wake its long polls (lock held)."""
@@ -562,7 +766,7 @@ class JobQueue:
                 if self.abandon_after_s > 0:
                     for job in list(self._jobs.values()):
                         if (
-                            job.state in (QUEUED, RUNNING)
+                            job.state in (JobState.QUEUED, JobState.RUNNING)
                             and now - job.last_seen > self.abandon_after_s
                         ):
                             self._cancel_locked(
@@ -572,5 +776,37 @@ class JobQueue:
                             )
                 for job in list(self._jobs.values()):
                     if job.finished is not None and now - job.finished > self.ttl_s:
-                        del self._jobs[job.id]
+                        self._forget(job)
                 self._wake.wait(self._tick_s)
+
+
+# --- memory estimates (no TensorFlow: the engine's part comes from its plan) -------------------
+
+
+def result_png_bound(width: int, height: int, bit_depth: int) -> int:
+    """Bytes a result PNG can take at most: its raw rows (RGBA) plus zlib's worst case."""
+    raw = height * (1 + width * 4 * bit_depth // 8)
+    return raw + raw // 1000 + 64 * 1024
+
+
+def preview_bound(params: StyleParams, size: tuple[int, int]) -> int:
+    """Bytes the cached preview PNG can take (at most the processing size, 8-bit RGB)."""
+    longest = params.max_size or max(size)
+    scale = min(1.0, longest / max(size))
+    return result_png_bound(int(size[0] * scale) + 1, int(size[1] * scale) + 1, 8)
+
+
+def job_needs(inputs: JobInputs, params: StyleParams, engine_peak_bytes: int) -> JobNeeds:
+    """The job's reservation: ``engine_peak_bytes`` is its plan's (the engine's work, its
+    float32 inputs included); to it come decoding (the largest image's transient), the
+    starting image, and encoding the result (a float copy, the samples, the PNG)."""
+    content = inputs.content.info
+    init = inputs.init.info.decoded_bytes if inputs.init is not None else 0
+    decoding = max(u.info.decode_peak_bytes for u in inputs.uploads)
+    encoding = content.pixels * (4 * 4 * 2 + 8) + result_png_bound(
+        content.width, content.height, content.bit_depth
+    )
+    run = engine_peak_bytes + init + decoding + encoding
+    held = inputs.nbytes + result_png_bound(content.width, content.height, content.bit_depth)
+    held += preview_bound(params, content.size)
+    return JobNeeds(held=held, run=run)

@@ -1,88 +1,97 @@
-"""Run the API under waitress: checks the bind address, sets up the log file, builds the app.
+"""Run the API: settings -> private log, token, spool folder, app, HTTP front; serve.
 
-``serve(ServerConfig(...))`` blocks until the process is interrupted. The CLI builds the config
-from its flags and prints ``ServerConfigError`` messages.
+``serve(settings)`` blocks until the process is interrupted. The CLI builds the settings from
+its flags and the environment and prints ``ServerConfigError`` messages.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import logging.handlers
 import os
-from dataclasses import dataclass
+import re
+import resource
+import stat
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from nst_server.auth import Authenticator, TokenError, default_token_path, ensure_token
+from nst_server.settings import ServerSettings, state_dir
+
 log = logging.getLogger(__name__)
 
-_LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+#: The job a request is about: /v1/jobs/<id> and its sub-routes.
+_JOB_PATH = re.compile(r"/v1/jobs/([0-9a-f]{32})(?:/[a-z]+)?")
 
 
 class ServerConfigError(Exception):
     """The server cannot start as configured; the message says why and what to do."""
 
 
-@dataclass
-class ServerConfig:
-    """How to run the server. ``None`` limits mean the app's default (or its NST_* variable)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8765
-    token: str | None = None
-    weights: Any = None  # a WeightsSource, a path, or None (the usual search)
-    log_file: Path | str | None = None  # None: default_log_file()
-    queue_size: int = 16
-    abandon_after_s: float = 30.0
-    idle_unload_s: float = 0.0
-    threads: int = 8  # waitress threads: each blocking /v1/stylize holds one
-    max_upload_bytes: int | None = None
-    max_pixels: int | None = None
-    max_iterations: int | None = None
-    max_processing_size: int | None = None
-    job_ttl_s: float | None = None
-
-
-def default_log_file() -> Path:
-    """$XDG_STATE_HOME/neural-style/server.log (default ~/.local/state/neural-style/)."""
-    state = os.environ.get("XDG_STATE_HOME")
-    base = Path(state) if state and os.path.isabs(state) else Path.home() / ".local" / "state"
-    return base / "neural-style" / "server.log"
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and the usual names for them; False for 0.0.0.0, :: etc."""
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
+def authenticator_for(settings: ServerSettings) -> Authenticator:
+    """The token rule: ``--token`` / ``NST_TOKEN`` if given, else the token file (created
+    with a new token if it does not exist yet)."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # another host name: it may resolve to a public address
+        if settings.token:
+            return Authenticator(settings.token)
+        path = Path(settings.token_file).expanduser() if settings.token_file else None
+        path = path or default_token_path()
+        _, created = ensure_token(path)
+        if created:
+            log.info("created a token for this install in %s", path)
+        return Authenticator(path=path)
+    except (TokenError, OSError) as exc:
+        raise ServerConfigError(str(exc)) from exc
 
 
-def check_config(config: ServerConfig) -> None:
-    """Raise ServerConfigError for a configuration that must not start."""
-    if not is_loopback(config.host) and not config.token:
-        raise ServerConfigError(
-            f"refusing to listen on {config.host!r} without a token: anyone who can reach this "
-            "machine could use it. Give one with --token (or the NST_TOKEN environment "
-            "variable) and send 'Authorization: Bearer <token>' from clients, or bind to "
-            "127.0.0.1"
+def private_dir(folder: Path) -> Path:
+    """``folder`` (created if missing), owned by us and mode 0700; ServerConfigError if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = folder.stat()
+        if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+            raise ServerConfigError(f"{folder} belongs to another user; it must be your own")
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.chmod(folder, 0o700)
+    except OSError as exc:
+        raise ServerConfigError(f"cannot make the private folder {folder}: {exc}") from exc
+    return folder
+
+
+def spool_dir() -> Path:
+    """Where waitress may spool bodies and answers: $XDG_RUNTIME_DIR/neural-style (memory,
+    private) if there is one, else ~/.local/state/neural-style/spool."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
+        return Path(runtime) / "neural-style"
+    return state_dir() / "spool"
+
+
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Log files are created 0600 (job ids are in them), rotated ones too."""
+
+    def _open(self):  # noqa: ANN202 - logging's own signature
+        return open(  # noqa: SIM115 - the handler owns the stream
+            self.baseFilename,
+            self.mode,
+            encoding=self.encoding,
+            errors=self.errors,
+            opener=lambda path, flags: os.open(path, flags, 0o600),
         )
-    if not 0 <= config.port <= 65535:
-        raise ServerConfigError(f"port must be between 0 and 65535, got {config.port}")
-    if config.queue_size < 1:
-        raise ServerConfigError(f"queue size must be at least 1, got {config.queue_size}")
-    if config.abandon_after_s < 0 or config.idle_unload_s < 0:
-        raise ServerConfigError("abandon and idle-unload times cannot be negative")
 
 
 def setup_logging(log_file: Path) -> None:
-    """Send INFO and above (ours, waitress', Flask's tracebacks) to ``log_file`` as well."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(
+    """Send INFO and above (ours, waitress', Flask's tracebacks) to ``log_file`` as well; the
+    file is 0600 in a 0700 folder."""
+    private_dir(log_file.parent)
+    handler = _PrivateRotatingFileHandler(
         log_file, maxBytes=5 * 1024 * 1024, backupCount=2, encoding="utf-8"
     )
+    for path in (log_file, *log_file.parent.glob(log_file.name + ".*")):
+        if path.is_file():
+            os.chmod(path, 0o600)  # files written by an older version
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     )
@@ -92,68 +101,77 @@ def setup_logging(log_file: Path) -> None:
         root.setLevel(logging.INFO)
 
 
-def app_config(config: ServerConfig, log_file: Path) -> dict[str, Any]:
-    """The ``create_app`` config for ``config`` (limits left out when not given)."""
-    out: dict[str, Any] = {
-        "TOKEN": config.token,
-        "LOG_FILE": str(log_file),
-        "QUEUE_SIZE": config.queue_size,
-        "ABANDON_AFTER_S": config.abandon_after_s,
-        "IDLE_UNLOAD_S": config.idle_unload_s,
-        "START_WORKER": False,  # serve() starts it once the port is bound
-    }
-    for key, value in (
-        ("MAX_CONTENT_LENGTH", config.max_upload_bytes),
-        ("MAX_PIXELS", config.max_pixels),
-        ("MAX_ITERATIONS", config.max_iterations),
-        ("MAX_PROCESSING_SIZE", config.max_processing_size),
-        ("JOB_TTL_S", config.job_ttl_s),
-    ):
-        if value is not None:
-            out[key] = value
-    return out
+def raise_file_limit(wanted: int) -> None:
+    """Allow ``wanted`` open files (one per connection, plus TensorFlow's own), if the hard
+    limit lets us."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def serve(config: ServerConfig) -> None:
-    """Check, bind, start the worker (which builds the network now), serve until interrupted."""
-    import waitress
+def headers_hook(
+    app: Any, settings: ServerSettings
+) -> Callable[[str, str, Mapping[str, str]], bool]:
+    """The front's ``on_headers`` for ``app``: drop the body of a request that will be refused
+    (the guard's rules, the upload limit); mark a poll of a job as a sign of life."""
+    from nst_server.api import get_guard, get_queue
 
+    guard, queue = get_guard(app), get_queue(app)
+
+    def on_headers(method: str, path: str, headers: Mapping[str, str]) -> bool:
+        principal, refusal = guard.check(
+            method, path, lambda name: headers.get(name.upper().replace("-", "_"))
+        )
+        if refusal is not None:
+            return True
+        length = headers.get("CONTENT_LENGTH", "0")
+        if length.isdigit() and int(length) > settings.max_upload_bytes:
+            return True
+        match = _JOB_PATH.fullmatch(path)
+        if principal is not None and match:
+            queue.touch(match.group(1))
+        return False
+
+    return on_headers
+
+
+def serve(settings: ServerSettings, *, weights: Any = None) -> None:
+    """Check, bind, start the worker (which builds the network now), serve until interrupted.
+
+    ``weights``: a resolved ``WeightsSource`` (the CLI fetches them first); None uses
+    ``settings.weights`` or the usual search."""
     from nst_server.api import create_app, get_queue
     from nst_server.engine import StyleEngine
+    from nst_server.front import create_front, server_url
 
-    check_config(config)
-    log_file = Path(config.log_file) if config.log_file else default_log_file()
+    log_file = settings.log_path()
     try:
         setup_logging(log_file)
-    except OSError as exc:
+    except (OSError, ServerConfigError) as exc:
         raise ServerConfigError(f"cannot write the log file {log_file}: {exc}") from exc
-    engine = StyleEngine(config.weights)
-    app = create_app({**app_config(config, log_file), "ENGINE": engine})
-    upload_limit = int(app.config["MAX_CONTENT_LENGTH"])
+    settings = settings.replace(log_file=str(log_file))
+    authenticator = authenticator_for(settings)
+    # Waitress spools large bodies and answers to temporary files: never in the shared /tmp.
+    tempfile.tempdir = str(private_dir(spool_dir()))
+    raise_file_limit(settings.connection_limit + 256)
+    engine = StyleEngine(weights if weights is not None else settings.weights)
+    app = create_app(settings, engine=engine, authenticator=authenticator, start_worker=False)
+    queue = get_queue(app)
     try:
-        server = waitress.create_server(
-            app,
-            host=config.host,
-            port=config.port,
-            threads=config.threads,
-            # >0 lets waitress notice a client hanging up mid-request: /v1/stylize then cancels
-            channel_request_lookahead=4,
-            # Flask answers over-limit uploads with a JSON 413; this is only a backstop
-            max_request_body_size=2 * upload_limit + 1024 * 1024,
-            ident="nst-server",
-        )
+        server = create_front(app, settings, headers_hook(app, settings))
     except OSError as exc:
         raise ServerConfigError(
-            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; is another "
-            "server running? Choose another --port"
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; is "
+            "another server running? Choose another --port"
         ) from exc
-    queue = get_queue(app)
     queue.start()
     log.info(
-        "nst-server on %s (%s, weights: %s); log: %s",
-        _url(server),
+        "nst-server on %s (%s, weights: %s); token: %s; log: %s",
+        server_url(server),
         engine.device,
         engine.weights_description,
+        authenticator.source,
         log_file,
     )
     try:
@@ -161,12 +179,3 @@ def serve(config: ServerConfig) -> None:
     finally:
         queue.close()
         server.close()
-
-
-def _url(server: Any) -> str:
-    try:
-        host, port = server.effective_host, server.effective_port
-    except AttributeError:  # a multi-socket server (e.g. "localhost" on IPv4 and IPv6)
-        return "several addresses"
-    host = f"[{host}]" if ":" in str(host) else host
-    return f"http://{host}:{port}/"

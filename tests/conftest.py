@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = Path(os.environ.get("NST_SHARED_IMAGES", REPO.parent / "shared" / "images"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Tests never touch the user's real token or log: servers started by tests (and their
+# subprocesses) keep them in a throwaway config and state folder.
+_ISOLATED = Path(tempfile.mkdtemp(prefix="nst-tests-"))
+os.environ["XDG_CONFIG_HOME"] = str(_ISOLATED / "config")
+os.environ["XDG_STATE_HOME"] = str(_ISOLATED / "state")
+for _variable in ("NST_TOKEN", "NST_TOKEN_FILE"):
+    os.environ.pop(_variable, None)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,9 @@ anything but 127.0.0.1 servers it started itself.
     status, headers, data = server.post_form("/v1/jobs", job_form(content_png, style_png))
     body = server.wait_state(json.loads(data)["id"], ("done", "failed", "cancelled"))
     server.stop()
+
+Each LiveServer keeps its own token, config, state (log) and runtime (spool) folders in its work
+folder: it never sees the user's real token. Its requests carry the token unless told not to.
 """
 
 from __future__ import annotations
@@ -76,16 +79,36 @@ def job_form(content: bytes, style: bytes, params: dict | str | None = TINY) -> 
     return fields
 
 
+def session_token_file() -> Path:
+    """The token file of servers started by tests: in the test session's own config folder
+    (tests/conftest.py moves XDG_CONFIG_HOME), created on first use."""
+    from nst_server.auth import default_token_path, ensure_token
+
+    path = default_token_path()
+    ensure_token(path)
+    return path
+
+
+def session_token() -> str:
+    """The token in ``session_token_file()``."""
+    from nst_server.auth import read_token
+
+    return read_token(session_token_file())
+
+
 def serve_command(
     port: int,
     log_file: Path,
     *,
     abandon_after_s: float | None = None,
     queue_size: int | None = None,
+    token_file: Path | None = None,
 ) -> list[str]:
-    """The argv of ``python -m nst_server serve`` on 127.0.0.1:``port`` (None: server default)."""
+    """The argv of ``python -m nst_server serve`` on 127.0.0.1:``port`` (None: server default;
+    the token file: ``session_token_file()``)."""
     command = [sys.executable, "-m", "nst_server", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--log-file", str(log_file)]
+    command += ["--token-file", str(token_file or session_token_file())]
     if abandon_after_s is not None:
         command += ["--abandon-after", str(abandon_after_s)]
     if queue_size is not None:
@@ -97,7 +120,7 @@ class LiveServer:
     """``python -m nst_server serve`` on 127.0.0.1:<free port> with the real engine.
 
     Its log is ``workdir/server.log``, its stdout + stderr ``workdir/stderr.txt``. ``env`` is
-    added to the environment (e.g. ``NST_MAX_CONTENT_LENGTH``); ``None`` for ``queue_size`` or
+    added to the environment (e.g. ``NST_MAX_UPLOAD_BYTES``); ``None`` for ``queue_size`` or
     ``abandon_after_s`` means the server's own default. ``start()`` again after ``stop()`` or
     ``kill9()`` restarts it on the same port.
     """
@@ -118,11 +141,20 @@ class LiveServer:
         self.stderr_file = self.workdir / "stderr.txt"
         self.queue_size = queue_size
         self.abandon_after_s = abandon_after_s
+        self.runtime_dir = self.workdir / "runtime"  # its private spool folder is in here
+        self.runtime_dir.mkdir(mode=0o700, exist_ok=True)
+        self.token_file = self.workdir / "config" / "neural-style" / "token"
+        from nst_server.auth import ensure_token
+
+        self.token, _ = ensure_token(self.token_file)
         self.env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "NST_RETRY_AFTER_S": "1",  # clients told to come back (429) do so quickly
+            "XDG_CONFIG_HOME": str(self.workdir / "config"),
+            "XDG_STATE_HOME": str(self.workdir / "state"),
+            "XDG_RUNTIME_DIR": str(self.runtime_dir),
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None
@@ -141,6 +173,7 @@ class LiveServer:
             self.log_file,
             abandon_after_s=self.abandon_after_s,
             queue_size=self.queue_size,
+            token_file=self.token_file,
         )
         with open(self.stderr_file, "ab") as err:
             self.process = subprocess.Popen(
@@ -199,10 +232,20 @@ class LiveServer:
         statuses: list[dict] = []
         started = time.perf_counter()
         nst_client.run_job(
-            nst_client.NstClient(self.url), content, [style], params, on_status=statuses.append
+            self.plugin_client(), content, [style], params, on_status=statuses.append
         )
         seconds = time.perf_counter() - started
         return seconds, float(statuses[-1]["progress"]["engine_s"])
+
+    def plugin_client(self, **kwargs: object):  # noqa: ANN201 - nst_client.NstClient
+        """The plug-in's client for this server, with its token."""
+        nst_client = import_nst_client()
+        return nst_client.NstClient(self.url, self.token, **kwargs)
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where the server may spool request bodies (private, 0700)."""
+        return self.runtime_dir / "neural-style"
 
     # memory (Linux /proc)
 
@@ -218,6 +261,10 @@ class LiveServer:
 
     # HTTP
 
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
     def request(
         self,
         method: str,
@@ -225,10 +272,15 @@ class LiveServer:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
         timeout: float = 60.0,
+        *,
+        token: bool = True,
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """One request; it carries the token unless ``token`` is False (or ``headers`` give
+        another Authorization)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            sent = {**(self.auth if token else {}), **(headers or {})}
+            conn.request(method, path, body=body, headers=sent)
             response = conn.getresponse()
             return response.status, response.headers, response.read()
         finally:

@@ -15,8 +15,10 @@ from PIL import Image
 from tests.conftest import REPO, synthetic_painting, synthetic_photo
 
 
-def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def run_cli(
+    *args: str, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "nst_server", *args],
         cwd=REPO,
@@ -81,10 +83,32 @@ def test_every_param_has_a_flag():
         assert "--" + name.replace("_", "-") in help_text.getvalue()
 
 
-def test_serve_refuses_a_public_address_without_a_token():
-    done = run_cli("serve", "--host", "0.0.0.0", "--port", "1", timeout=120)
+def test_serve_refuses_a_short_token_and_warns_about_token_on_the_command_line():
+    done = run_cli("serve", "--token", "s3cret", "--port", "1", timeout=120)
     assert done.returncode == 2
-    assert "--token" in done.stderr and "Traceback" not in done.stderr
+    assert "at least 32" in done.stderr and "Traceback" not in done.stderr
+    assert "process list" in done.stderr and "--token-file" in done.stderr
+
+
+def test_serve_refuses_bad_settings_from_the_environment():
+    done = run_cli("serve", timeout=120, env={"NST_QUEUE_SIZE": "0"})
+    assert done.returncode == 2
+    assert "NST_QUEUE_SIZE" in done.stderr and "between 1 and 1000" in done.stderr
+
+
+def test_token_command_shows_and_resets_the_token(tmp_path):
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    where = run_cli("token", timeout=60, env=env)
+    path = tmp_path / "neural-style" / "token"
+    assert where.returncode == 0 and str(path) in where.stdout
+    assert "token.header" in where.stdout  # how to use it without putting it in argv
+    assert (path.stat().st_mode & 0o777) == 0o600
+    shown = run_cli("token", "--show", timeout=60, env=env)
+    assert shown.stdout.strip() == path.read_text().strip()
+    reset = run_cli("token", "--reset", timeout=60, env=env)
+    assert reset.returncode == 0 and "install.sh" in reset.stderr
+    assert path.read_text().strip() != shown.stdout.strip()
+    assert shown.stdout.strip() not in reset.stdout + reset.stderr
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["fetch-weights"]])

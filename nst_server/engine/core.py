@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from nst_server.engine import colour, lbfgs, losses, memory
 from nst_server.engine.errors import EngineError
+from nst_server.engine.planning import JobPlan, plan_job
 from nst_server.engine.progress import FinishEarly, Progress, ProgressCallback
 from nst_server.params import STRENGTH_DEFAULT, VGG19_LAYERS, StyleParams
 from nst_server.weights import WeightsSource, load_weights, resolve_weights
@@ -34,19 +35,10 @@ log = logging.getLogger(__name__)
 #: Caffe-style VGG input: BGR, 0..255, ImageNet mean subtracted (what the weights were trained on).
 _BGR_MEAN = (103.939, 116.779, 123.68)
 
-#: Shorter side, in pixels, below which block5 of VGG19 sees less than two positions.
-MIN_SHORT_SIDE = 32
-
 #: How many (painting, size) style targets are kept between jobs: a coarse-to-fine run uses one
 #: per scale; a 512 px entry is about 2.4 MB.
 _STYLE_CACHE_SIZE = 48
 
-#: Longer side, in px, of the smallest coarse-to-fine scale. The picture's composition of strokes
-#: is settled there, so every target size gets the same look; below 256 px the content layer is
-#: a 16 x 12 grid and the painting swamps the photo (seen at 128 px).
-_SMALLEST_SCALE = 256
-#: Each scale gets this share of the steps of the scale below it.
-_STEP_DECAY = 0.6
 #: How preserve_colors works: "match" (the painting recoloured to the photo's colour mean and
 #: covariance before the transfer) or "luminance" (the result's luminance, the photo's chroma).
 #: Both were rendered on Tübingen + The Starry Night: "luminance" keeps every pixel's chroma
@@ -98,22 +90,6 @@ def resolve_precision(precision: str, device: str, cpu_flags: str | None = None)
     if precision != "auto":
         return precision
     return "mixed_bfloat16" if native_bfloat16(device, cpu_flags) else "float32"
-
-
-def fit_size(height: int, width: int, long_side: int, *, upscale: bool = False) -> tuple[int, int]:
-    """(h, w) scaled so the longer side is ``long_side`` (up only if ``upscale``), short >= 32."""
-    longer, shorter = max(height, width), min(height, width)
-    if shorter < MIN_SHORT_SIDE:
-        raise EngineError(
-            f"the image is {width}x{height} px; its shorter side must be at least "
-            f"{MIN_SHORT_SIDE} px for VGG19"
-        )
-    scale = long_side / longer if long_side > 0 else 1.0
-    if not upscale:
-        scale = min(1.0, scale)
-    # Never let the short side drop below the network's minimum when downscaling elongated images.
-    scale = max(scale, MIN_SHORT_SIDE / shorter)
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def resize(image: np.ndarray | tf.Tensor, height: int, width: int) -> tf.Tensor:
@@ -226,17 +202,12 @@ class StyleEngine:
 
     def _build_vgg(self) -> tf.keras.Model:
         started = time.perf_counter()
-        if self.weights.kind == "keras-h5":
-            # Keras' own loader for Keras' own file (also what an online user has in ~/.keras).
-            vgg = tf.keras.applications.VGG19(
-                include_top=False, weights=str(self.weights.path), input_shape=(None, None, 3)
-            )
-        else:
-            vgg = tf.keras.applications.VGG19(
-                include_top=False, weights=None, input_shape=(None, None, 3)
-            )
-            for name, (kernel, bias) in load_weights(self.weights).items():
-                vgg.get_layer(name).set_weights([kernel, bias])
+        vgg = tf.keras.applications.VGG19(
+            include_top=False, weights=None, input_shape=(None, None, 3)
+        )
+        # Our reader for both files: it checks a known file's digest on the bytes it reads.
+        for name, (kernel, bias) in load_weights(self.weights).items():
+            vgg.get_layer(name).set_weights([kernel, bias])
         vgg.trainable = False  # gradients w.r.t. the image only, never the kernels
         log.info(
             "VGG19 built in %.1f s from %s on %s",
@@ -341,26 +312,26 @@ class StyleEngine:
         plan: _LayerPlan,
         model: tf.keras.Model,
         styles: Sequence[np.ndarray],
-        long_side: int,
+        sizes: Sequence[tuple[int, int]],
         blend: Sequence[float],
         digest: str | None = None,
     ) -> list[tf.Tensor]:
-        """Blended Gram matrices of the paintings at ``long_side``, cached across jobs.
+        """Blended Gram matrices of the paintings, each at its (h, w) in ``sizes`` (the job
+        plan's), cached across jobs.
 
         ``digest`` is ``_styles_digest(styles)``, passed in by callers that need several sizes
         so the paintings are hashed once, not once per scale.
         """
         digest = digest or _styles_digest(styles)
-        key = (digest, long_side, plan.outputs, plan.style, tuple(blend))
+        key = (digest, tuple(sizes), plan.outputs, plan.style, tuple(blend))
         if key in self._style_cache:
             self._style_cache.move_to_end(key)
             return self._style_cache[key]
         features = self._feature_fn(plan, model)
         grams: list[tf.Tensor] = []
-        for style, share in zip(styles, blend, strict=True):
+        for style, share, (h, w) in zip(styles, blend, sizes, strict=True):
             if share == 0:
                 continue
-            h, w = fit_size(style.shape[0], style.shape[1], long_side, upscale=True)
             feats = features(resize(style[..., :3], h, w)[tf.newaxis])
             these = [share * losses.gram_matrix(feats[i]) for i in plan.style]
             grams = these if not grams else [a + b for a, b in zip(grams, these, strict=True)]
@@ -413,29 +384,18 @@ class StyleEngine:
         if not self.loaded:
             notify(Progress("loading", 0, params.iterations, 0.0))
             self.load()
-        long_side = max(height, width) if params.max_size == 0 else params.max_size
-        h, w = fit_size(height, width, long_side)
-        note = None
+        plan = plan_job(
+            (height, width), [s.shape[:2] for s in styles], params, has_mask=mask is not None
+        )
+        h, w = plan.processing_hw
         budget = memory.free_bytes(self.device)
-        if budget is not None:
-            budget = int(budget * memory.USABLE_SHARE)
-            factor = memory.largest_fitting_scale(h, w, params.optimizer, budget)
-            if factor < 1.0:
-                fitted = int(max(h, w) * factor)
-                if fitted < MIN_SHORT_SIDE * 2:
-                    raise EngineError(
-                        f"not enough memory: {w}x{h} px needs about "
-                        f"{memory.job_bytes(h * w, params.optimizer) / 2**30:.1f} GB and only "
-                        f"{budget / 2**30:.1f} GB is free on the {self.device.upper()}; close "
-                        "other programs or lower max_size"
-                    )
-                h, w = fit_size(height, width, fitted)
-                note = (
-                    f"processed at {w}x{h} px instead of {round(w / factor)}x{round(h / factor)}"
-                    f": the largest size that fits in the {budget / 2**30:.1f} GB of free "
-                    f"{self.device.upper()} memory"
-                )
-                log.warning(note)
+        if budget is not None and plan.peak_bytes > budget * memory.USABLE_SHARE:
+            raise EngineError(
+                f"not enough memory: this job ({w}x{h} px, style_scale "
+                f"{params.style_scale:g}) needs about {plan.peak_bytes / 2**30:.1f} GB and "
+                f"{budget * memory.USABLE_SHARE / 2**30:.1f} GB is free on the "
+                f"{self.device.upper()}; lower max_size or style_scale, or close other programs"
+            )
         notify(
             Progress(
                 "preparing",
@@ -443,7 +403,6 @@ class StyleEngine:
                 params.iterations,
                 time.perf_counter() - started,
                 size=(w, h),
-                note=note,
             )
         )
         try:
@@ -452,12 +411,11 @@ class StyleEngine:
                 styles,
                 blend,
                 params,
-                (h, w),
+                plan,
                 soft_mask,
                 init_image,
                 notify,
                 started,
-                note,
             )
         except tf.errors.InvalidArgumentError as exc:
             if not params.jit:
@@ -491,20 +449,18 @@ class StyleEngine:
         styles: Sequence[np.ndarray],
         blend: Sequence[float],
         params: StyleParams,
-        size: tuple[int, int],
+        plan: JobPlan,
         mask: np.ndarray | None,
         init_image: np.ndarray | None,
         notify: ProgressCallback,
         started: float,
-        note: str | None,
     ) -> np.ndarray:
-        height, width = content.shape[:2]
+        job_plan = plan
         plan, model = self._plan(params)
         loss_and_grads = self._loss_fn(plan, model)
-        schedule = scale_schedule(max(size), params.iterations, params.coarse_to_fine)
-        sizes = [fit_size(height, width, side) for side, _ in schedule]
+        schedule = job_plan.passes
         # ETA: seconds per (pixel x step), measured, times the pixel-steps still to do.
-        work = [steps * h * w for (_, steps), (h, w) in zip(schedule, sizes, strict=True)]
+        work = [steps * h * w for h, w, steps in schedule]
         weights = tf.constant(
             [
                 params.content_weight,
@@ -520,13 +476,14 @@ class StyleEngine:
         done_steps = 0
         x: np.ndarray | None = None
         latest: list[np.ndarray] = []  # the newest iterate, kept when the run is finished early
-        for index, ((side, steps), (h, w)) in enumerate(zip(schedule, sizes, strict=True)):
+        for index, ((h, w, steps), style_sizes) in enumerate(
+            zip(schedule, job_plan.style_sizes, strict=True)
+        ):
             photo = resize(content[..., :3], h, w)[tf.newaxis]
             feats = self._feature_fn(plan, model)(photo)
             content_targets = tuple(feats[i] for i in plan.content)
-            style_side = max(MIN_SHORT_SIDE, round(side * params.style_scale))
             style_targets = tuple(
-                self._style_targets(plan, model, styles, style_side, blend, digest)
+                self._style_targets(plan, model, styles, style_sizes, blend, digest)
             )
             mask_here = tf.ones((1, h, w, 1)) if mask is None else resize(mask, h, w)[tf.newaxis]
 
@@ -588,7 +545,7 @@ class StyleEngine:
                         (w, h),
                         index + 1,
                         len(schedule),
-                        note,
+                        None,
                         flat.reshape(h, w, 3).astype(np.float32),
                     )
                 )
@@ -636,8 +593,9 @@ class StyleEngine:
         photo = resize(content[..., :3], h, w)[tf.newaxis]
         feats = self._feature_fn(plan, model)(photo)
         blend = _blend_weights(params.style_blend, len(styles))
-        side = max(MIN_SHORT_SIDE, round(max(h, w) * params.style_scale))
-        grams = tuple(self._style_targets(plan, model, styles, side, blend))
+        measured = dataclasses.replace(params, max_size=max(h, w), coarse_to_fine=False)
+        (sizes,) = plan_job((h, w), [s.shape[:2] for s in styles], measured).style_sizes
+        grams = tuple(self._style_targets(plan, model, styles, sizes, blend))
         weights = tf.constant(
             [params.content_weight, style_weight(params), params.tv_weight, 0.0], tf.float32
         )
@@ -664,25 +622,6 @@ def style_weight(params: StyleParams) -> float:
     if params.style_weight is not None:
         return params.style_weight
     return 20.0 * 10.0 ** ((params.strength - STRENGTH_DEFAULT) / 25.0)
-
-
-def scale_schedule(long_side: int, iterations: int, coarse_to_fine: bool) -> list[tuple[int, int]]:
-    """[(longer side, steps), ...] from small to ``long_side``; the steps add up to ``iterations``.
-
-    Coarse to fine: the smallest scale is 256 px; sizes grow by about sqrt(2) (a step there costs
-    twice as much); each scale gets 0.6 times the steps of the one before, so most steps are
-    taken where they are cheap and the larger scales refine detail from an upscaled result.
-    """
-    if not coarse_to_fine or long_side <= _SMALLEST_SCALE:
-        return [(long_side, iterations)]
-    smallest = _SMALLEST_SCALE
-    count = 1 + math.ceil(math.log(long_side / smallest, math.sqrt(2)) - 1e-9)
-    sides = [round(smallest * (long_side / smallest) ** (i / (count - 1))) for i in range(count)]
-    sides = sides[-iterations:]  # fewer steps than scales: keep the largest scales
-    shares = [_STEP_DECAY**i for i in range(len(sides))]
-    steps = [max(1, int(iterations * share / sum(shares))) for share in shares]
-    steps[0] += iterations - sum(steps)  # rounding goes to the cheapest scale
-    return list(zip(sides, steps, strict=True))
 
 
 class _LossScale:

@@ -1,10 +1,4 @@
-"""Memory guard: estimate what a job needs before it starts, against what the device has free.
-
-The estimate is a per-pixel model measured on this engine (tf.function, VGG19 to block5_conv1,
-float32, CPU): peak RSS grows by about 2.9 KB per pixel at 256 px and 3.6 KB at 512 px and
-1024 px (activations and their gradients), plus the optimiser's state. GPUs keep activations
-in device memory at about the same size. Mixed bfloat16 needs less; the guard plans for float32.
-"""
+"""Free memory on the device a job runs on (what planning.py's peak_bytes is checked against)."""
 
 from __future__ import annotations
 
@@ -13,21 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-#: Activations and gradients of VGG19 up to block5_conv1, per input pixel (measured, rounded up).
-_NETWORK_BYTES_PER_PIXEL = 3_800
-#: L-BFGS keeps 20 pairs of vectors of 3 values per pixel, plus a few: float32 in the engine's
-#: own (the default), float64 in scipy's; planned for the larger, so either fits.
-_LBFGS_BYTES_PER_PIXEL = (2 * 20 + 6) * 3 * 8
-#: Adam's first and second moments, the iterate and the gradient, float64.
-_ADAM_BYTES_PER_PIXEL = 4 * 3 * 8
 #: Never plan to use more than this share of what is free: the OS and other programs need room.
 USABLE_SHARE = 0.8
-
-
-def job_bytes(pixels: int, optimizer: str) -> int:
-    """Estimated peak bytes one optimisation step needs at ``pixels`` (h * w) input pixels."""
-    state = _LBFGS_BYTES_PER_PIXEL if optimizer == "lbfgs" else _ADAM_BYTES_PER_PIXEL
-    return pixels * (_NETWORK_BYTES_PER_PIXEL + state)
 
 
 def free_bytes(device: str) -> int | None:
@@ -65,11 +46,3 @@ def _gpu_free_bytes() -> int | None:
         return int(out.split()[0]) * 2**20
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
-
-
-def largest_fitting_scale(height: int, width: int, optimizer: str, budget: int) -> float:
-    """The largest factor <= 1 by which (height, width) can be scaled to fit in ``budget`` bytes."""
-    need = job_bytes(height * width, optimizer)
-    if need <= budget:
-        return 1.0
-    return (budget / need) ** 0.5

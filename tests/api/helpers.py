@@ -1,5 +1,5 @@
-"""Test images for the images/jobs/API layers: PNGs made with Pillow, and PNGs built by hand for
-headers Pillow refuses to write."""
+"""Test images for the images/jobs/API layers (PNGs made with Pillow, and PNGs built by hand for
+headers Pillow refuses to write); in-process apps with a token, and job inputs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import struct
 import zlib
 
 import numpy as np
+from flask import Flask
+from flask.testing import FlaskClient
 from PIL import Image
+
+from nst_server.api import create_app
+from nst_server.auth import Authenticator
+from nst_server.images import encode_png, inspect_image
+from nst_server.jobs import JobInputs, Upload
+from nst_server.settings import ServerSettings
 
 
 def png_bytes(image: Image.Image, **save: object) -> bytes:
@@ -55,3 +63,54 @@ def bomb_png(side: int = 20_000) -> bytes:
     parts = [deflate.compress(row) for _ in range(side)]
     parts.append(deflate.flush())
     return raw_png(side, side, bit_depth=1, colour_type=0, idat=b"".join(parts))
+
+
+# --- apps and jobs for in-process tests ----------------------------------------------------------
+
+#: The token of every in-process test app (its test client sends it unless told otherwise).
+TEST_TOKEN = "test-token-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+class TokenClient(FlaskClient):
+    """A Flask test client that sends TEST_TOKEN, and a loopback Host, by default."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TEST_TOKEN}"
+        self.environ_base["HTTP_HOST"] = "127.0.0.1:8765"
+
+
+def make_test_app(engine: object, *, start_worker: bool = True, **settings: object) -> Flask:
+    """``create_app`` on ``engine`` with ``settings`` (ServerSettings fields) and TEST_TOKEN;
+    its ``test_client()`` sends the token."""
+    app = create_app(
+        ServerSettings(**settings),
+        engine=engine,
+        authenticator=Authenticator(TEST_TOKEN),
+        start_worker=start_worker,
+    )
+    app.test_client_class = TokenClient
+    return app
+
+
+def job_inputs(
+    content: np.ndarray,
+    styles: list[np.ndarray],
+    *,
+    mask: np.ndarray | None = None,
+    bit_depth: int = 8,
+) -> JobInputs:
+    """JobInputs of float arrays in [0, 1], PNG-encoded as a client would upload them."""
+
+    def upload(pixels: np.ndarray, what: str, depth: int = 8) -> Upload:
+        data = encode_png(pixels, bit_depth=depth)
+        return Upload(data, inspect_image(data, what=what, max_pixels=10**8), what)
+
+    mask_upload = None
+    if mask is not None:
+        mask_upload = upload(np.repeat(mask[..., None], 3, axis=2), "mask")
+    return JobInputs(
+        upload(content, "content", bit_depth),
+        tuple(upload(s, "style") for s in styles),
+        mask_upload,
+    )

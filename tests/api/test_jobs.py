@@ -14,6 +14,7 @@ from PIL import Image
 
 from nst_server.jobs import JobQueue, QueueFull
 from nst_server.params import StyleParams
+from tests.api.helpers import job_inputs
 from tests.fake_engine import FakeEngine, wait_for
 
 CONTENT = np.full((12, 16, 3), 0.25, np.float32)
@@ -56,7 +57,7 @@ def test_worker_loads_the_network_at_start_not_at_the_first_job(make_queue) -> N
 def test_job_runs_to_done_with_progress_and_a_png_result(make_queue) -> None:
     engine = FakeEngine()
     queue = make_queue(engine)
-    job = queue.submit(CONTENT, [STYLE, STYLE], params(4))
+    job = queue.submit(job_inputs(CONTENT, [STYLE, STYLE]), params(4))
     assert re.fullmatch(r"[0-9a-f]{32}", job.id)
     snap = wait_for(lambda: finished(queue, job.id))
     assert snap["state"] == "done" and snap["error"] is None
@@ -68,12 +69,12 @@ def test_job_runs_to_done_with_progress_and_a_png_result(make_queue) -> None:
     with Image.open(io.BytesIO(job.result)) as image:
         assert image.size == (16, 12)
         assert image.getpixel((0, 0)) == (191, 64, 64)  # the fake inverts red: 1 - 0.25
-    assert job.content is None and job.styles is None  # inputs freed once finished
+    assert job.inputs is None  # inputs freed once finished
 
 
 def test_ids_are_random_not_sequential(make_queue) -> None:
     queue = make_queue(FakeEngine())
-    ids = {queue.submit(CONTENT, [STYLE], params(1)).id for _ in range(5)}
+    ids = {queue.submit(job_inputs(CONTENT, [STYLE]), params(1)).id for _ in range(5)}
     assert len(ids) == 5 and all(len(i) == 32 for i in ids)
     numbers = sorted(int(i, 16) for i in ids)
     assert max(b - a for a, b in zip(numbers, numbers[1:], strict=False)) > 2**64
@@ -81,7 +82,7 @@ def test_ids_are_random_not_sequential(make_queue) -> None:
 
 def test_16_bit_input_gives_a_16_bit_result(make_queue) -> None:
     queue = make_queue(FakeEngine())
-    job = queue.submit(CONTENT, [STYLE], params(1), bit_depth=16)
+    job = queue.submit(job_inputs(CONTENT, [STYLE], bit_depth=16), params(1))
     wait_for(lambda: finished(queue, job.id))
     assert job.result[24] == 16  # PNG IHDR bit depth
 
@@ -89,37 +90,37 @@ def test_16_bit_input_gives_a_16_bit_result(make_queue) -> None:
 def test_queued_jobs_report_their_position_and_a_full_queue_refuses(make_queue) -> None:
     engine = FakeEngine(step_s=0.05)
     queue = make_queue(engine, capacity=2)
-    running = queue.submit(CONTENT, [STYLE], params(100))
+    running = queue.submit(job_inputs(CONTENT, [STYLE]), params(100))
     wait_for(lambda: queue.snapshot(running.id)["state"] == "running")
-    first = queue.submit(CONTENT, [STYLE], params(1))
-    second = queue.submit(CONTENT, [STYLE], params(1))
+    first = queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
+    second = queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
     assert queue.snapshot(second.id)["progress"] == {"phase": "queued", "position": 1}
     assert queue.snapshot(first.id)["progress"]["position"] == 0
     assert queue.stats() == {"queued": 2, "running": 1, "capacity": 2}
     with pytest.raises(QueueFull, match="2 job"):
-        queue.submit(CONTENT, [STYLE], params(1))
+        queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
 
 
 def test_cancelling_a_running_job_stops_it_within_a_step_and_frees_the_worker(make_queue) -> None:
     engine = FakeEngine(step_s=0.02)
     queue = make_queue(engine)
-    job = queue.submit(CONTENT, [STYLE], params(5000))
+    job = queue.submit(job_inputs(CONTENT, [STYLE]), params(5000))
     wait_for(lambda: engine.steps_done >= 2, what="job running")
     assert queue.cancel(job.id)["state"] == "running"  # asked; stops at the next step
     snap = wait_for(lambda: finished(queue, job.id))
     assert snap["state"] == "cancelled" and "cancelled by the client" in snap["error"]
     assert engine.steps_done < 50
     engine.step_s = 0.0  # the next job runs at full speed
-    nxt = queue.submit(CONTENT, [STYLE], params(2))
+    nxt = queue.submit(job_inputs(CONTENT, [STYLE]), params(2))
     assert wait_for(lambda: finished(queue, nxt.id))["state"] == "done"
 
 
 def test_cancelling_a_queued_job_removes_it_without_running(make_queue) -> None:
     engine = FakeEngine(step_s=0.02)
     queue = make_queue(engine)
-    blocker = queue.submit(CONTENT, [STYLE], params(5000))
+    blocker = queue.submit(job_inputs(CONTENT, [STYLE]), params(5000))
     wait_for(lambda: queue.snapshot(blocker.id)["state"] == "running")
-    waiting = queue.submit(CONTENT, [STYLE], params(3))
+    waiting = queue.submit(job_inputs(CONTENT, [STYLE]), params(3))
     snap = queue.cancel(waiting.id)
     assert snap["state"] == "cancelled" and queue.stats()["queued"] == 0
     queue.cancel(blocker.id)
@@ -130,7 +131,7 @@ def test_cancelling_a_queued_job_removes_it_without_running(make_queue) -> None:
 
 def test_cancel_of_a_finished_job_leaves_it_done(make_queue) -> None:
     queue = make_queue(FakeEngine())
-    job = queue.submit(CONTENT, [STYLE], params(1))
+    job = queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
     wait_for(lambda: finished(queue, job.id))
     assert queue.cancel(job.id)["state"] == "done"
     assert queue.cancel("0" * 32) is None
@@ -139,8 +140,8 @@ def test_cancel_of_a_finished_job_leaves_it_done(make_queue) -> None:
 def test_abandoned_running_and_queued_jobs_are_cancelled(make_queue) -> None:
     engine = FakeEngine(step_s=0.02)
     queue = make_queue(engine, abandon_after_s=0.3)
-    running = queue.submit(CONTENT, [STYLE], params(5000))
-    waiting = queue.submit(CONTENT, [STYLE], params(5))
+    running = queue.submit(job_inputs(CONTENT, [STYLE]), params(5000))
+    waiting = queue.submit(job_inputs(CONTENT, [STYLE]), params(5))
     # Nobody polls: both are cancelled; the running one within a step.
     wait_for(lambda: queue.snapshot(waiting.id, touch=False)["state"] == "cancelled", 3)
     wait_for(lambda: queue.snapshot(running.id, touch=False)["state"] == "cancelled", 3)
@@ -151,7 +152,9 @@ def test_abandoned_running_and_queued_jobs_are_cancelled(make_queue) -> None:
 def test_polling_keeps_a_job_alive(make_queue) -> None:
     engine = FakeEngine(step_s=0.02)
     queue = make_queue(engine, abandon_after_s=0.3)
-    job = queue.submit(CONTENT, [STYLE], params(40))  # ~0.8 s, longer than abandon_after_s
+    job = queue.submit(
+        job_inputs(CONTENT, [STYLE]), params(40)
+    )  # ~0.8 s, longer than abandon_after_s
     snap = wait_for(lambda: finished(queue, job.id), 5)  # finished() polls, with touch
     assert snap["state"] == "done"
 
@@ -165,7 +168,7 @@ def test_polling_keeps_a_job_alive(make_queue) -> None:
 )
 def test_engine_errors_fail_the_job_with_their_message(make_queue, mode, message, code) -> None:
     queue = make_queue(FakeEngine(mode=mode))
-    job = queue.submit(CONTENT, [STYLE], params(2))
+    job = queue.submit(job_inputs(CONTENT, [STYLE]), params(2))
     snap = wait_for(lambda: finished(queue, job.id))
     assert snap["state"] == "failed" and snap["error"] == message and snap["error_code"] == code
 
@@ -176,14 +179,14 @@ def test_a_bug_fails_the_job_without_leaking_details_and_the_worker_survives(
     engine = FakeEngine(mode="crash")
     queue = make_queue(engine, log_path="/tmp/nst-test.log")
     with caplog.at_level(logging.ERROR, logger="nst_server.jobs"):
-        job = queue.submit(CONTENT, [STYLE], params(2))
+        job = queue.submit(job_inputs(CONTENT, [STYLE]), params(2))
         snap = wait_for(lambda: finished(queue, job.id))
     assert snap["state"] == "failed"
     assert snap["error"] == "internal error (see the server log at /tmp/nst-test.log)"
     assert "secret" not in snap["error"]
     assert "secret internal detail" in caplog.text  # the traceback went to the log
     engine.mode = "ok"
-    nxt = queue.submit(CONTENT, [STYLE], params(1))
+    nxt = queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
     assert wait_for(lambda: finished(queue, nxt.id))["state"] == "done"
 
 
@@ -196,13 +199,13 @@ def test_out_of_memory_fails_the_job_with_a_message_and_the_worker_survives(
         pytest.importorskip("tensorflow")  # imported here, not inside the 5 s wait below
     engine = FakeEngine(mode=mode)
     queue = make_queue(engine)
-    job = queue.submit(CONTENT, [STYLE], params(2))
+    job = queue.submit(job_inputs(CONTENT, [STYLE]), params(2))
     snap = wait_for(lambda: finished(queue, job.id))
     assert snap["state"] == "failed" and snap["error_code"] == "out_of_memory"
     assert "out of memory" in snap["error"] and "max_size" in snap["error"]
     assert f"{CONTENT.shape[1]}x{CONTENT.shape[0]}" in snap["error"]
     engine.mode = "ok"
-    nxt = queue.submit(CONTENT, [STYLE], params(1))
+    nxt = queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
     assert wait_for(lambda: finished(queue, nxt.id))["state"] == "done"
 
 
@@ -212,10 +215,11 @@ def test_the_mask_reaches_the_engine(make_queue) -> None:
     mask = np.linspace(0, 1, CONTENT.shape[0] * CONTENT.shape[1], dtype=np.float32).reshape(
         CONTENT.shape[:2]
     )
-    job = queue.submit(CONTENT, [STYLE], params(1), mask=mask)
+    job = queue.submit(job_inputs(CONTENT, [STYLE], mask=mask), params(1))
     assert wait_for(lambda: finished(queue, job.id))["state"] == "done"
-    np.testing.assert_array_equal(engine.calls[0]["mask"], mask)
-    assert job.mask is None  # inputs are dropped once the job is finished
+    # decoded by the worker from the uploaded PNG (8 bits: within half a level)
+    np.testing.assert_allclose(engine.calls[0]["mask"], mask, atol=0.5 / 255 + 1e-6)
+    assert job.inputs is None  # inputs are dropped once the job is finished
 
 
 def test_a_failing_load_is_reported_and_retried_for_the_next_job(make_queue) -> None:
@@ -233,36 +237,45 @@ def test_a_failing_load_is_reported_and_retried_for_the_next_job(make_queue) -> 
     queue = make_queue(engine)
     wait_for(lambda: queue.status == "error")
     assert "weights file unreadable" in queue.status_error
-    job = queue.submit(CONTENT, [STYLE], params(1))
+    job = queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
     assert wait_for(lambda: finished(queue, job.id))["state"] == "done"
     assert queue.status == "ok"
 
 
-def test_preview_is_a_small_png_of_the_latest_iterate(make_queue) -> None:
+def test_preview_is_a_png_of_the_latest_iterate_at_the_size_asked(make_queue) -> None:
     engine = FakeEngine()
+    engine.hold("optimising")  # the job waits after step 1 until released
     queue = make_queue(engine)
     big = np.zeros((300, 600, 3), np.float32)
-    job = queue.submit(big, [STYLE], params(2))
-    wait_for(lambda: finished(queue, job.id))
+    job = queue.submit(job_inputs(big, [STYLE]), params(2))
+    assert engine.reached.wait(5)
+    assert queue.snapshot(job.id)["preview_step"] == 1
     png = queue.preview_png(job.id)
     with Image.open(io.BytesIO(png)) as image:
-        assert image.size == (256, 128)
-        assert image.getpixel((0, 0)) == (255, 255, 255)  # step 2 of 2 -> 1.0
+        assert image.size == (256, 128)  # the default: 256 px on the longer side
+        assert image.getpixel((0, 0)) == (128, 128, 128)  # step 1 of 2 -> 0.5
     assert queue.preview_png(job.id) is png  # cached until the next step
+    with Image.open(io.BytesIO(queue.preview_png(job.id, 100))) as image:
+        assert image.size == (100, 50)
+    with Image.open(io.BytesIO(queue.preview_png(job.id, 5000))) as image:
+        assert image.size == (600, 300)  # at most the processing size
+    engine.release()
+    wait_for(lambda: finished(queue, job.id))
+    assert queue.preview_png(job.id) is None  # ended: its result is the picture
 
 
 def test_no_preview_before_the_first_step(make_queue) -> None:
     engine = FakeEngine(step_s=0.02)
     queue = make_queue(engine)
-    blocker = queue.submit(CONTENT, [STYLE], params(5000))
-    waiting = queue.submit(CONTENT, [STYLE], params(1))
+    blocker = queue.submit(job_inputs(CONTENT, [STYLE]), params(5000))
+    waiting = queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
     assert queue.preview_png(waiting.id) is None
     queue.cancel(blocker.id)
 
 
 def test_finished_jobs_are_forgotten_after_the_ttl(make_queue) -> None:
     queue = make_queue(FakeEngine(), ttl_s=0.2)
-    job = queue.submit(CONTENT, [STYLE], params(1))
+    job = queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
     wait_for(lambda: finished(queue, job.id))
     wait_for(lambda: queue.get(job.id) is None, 3, "job forgotten")
 
@@ -272,7 +285,7 @@ def test_idle_unload_and_reload_before_the_next_job(make_queue) -> None:
     queue = make_queue(engine, idle_unload_s=0.2)
     wait_for(lambda: engine.unloads == 1, 3, "idle unload")
     assert not engine.loaded
-    job = queue.submit(CONTENT, [STYLE], params(1))
+    job = queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
     assert wait_for(lambda: finished(queue, job.id))["state"] == "done"
     assert engine.loads == 2
 
@@ -285,12 +298,12 @@ def test_no_unload_when_idle_unload_is_zero(make_queue) -> None:
 
 
 def test_submit_is_thread_safe(make_queue) -> None:
-    queue = make_queue(FakeEngine(), capacity=1000)
+    queue = make_queue(FakeEngine(), capacity=1000, max_finished=1000)
     ids: list[str] = []
 
     def submit_many() -> None:
         for _ in range(20):
-            ids.append(queue.submit(CONTENT, [STYLE], params(1)).id)
+            ids.append(queue.submit(job_inputs(CONTENT, [STYLE]), params(1)).id)
 
     threads = [threading.Thread(target=submit_many) for _ in range(4)]
     for thread in threads:
@@ -302,11 +315,21 @@ def test_submit_is_thread_safe(make_queue) -> None:
         assert wait_for(lambda job_id=job_id: finished(queue, job_id))["state"] == "done"
 
 
+def test_finished_jobs_beyond_the_limit_are_forgotten_oldest_first(make_queue) -> None:
+    queue = make_queue(FakeEngine(), max_finished=3)
+    jobs = []
+    for _ in range(5):
+        jobs.append(queue.submit(job_inputs(CONTENT, [STYLE]), params(1)))
+        wait_for(lambda: finished(queue, jobs[-1].id))
+    assert [queue.snapshot(j.id) is None for j in jobs] == [True, True, False, False, False]
+    assert queue.budget.used() == sum(len(j.result) for j in jobs[2:])  # results, nothing else
+
+
 def test_a_long_poll_answers_at_the_next_change_not_at_its_timeout(make_queue) -> None:
     engine = FakeEngine()
     engine.hold("optimising")
     queue = make_queue(engine)
-    job = queue.submit(CONTENT, [STYLE], params(3))
+    job = queue.submit(job_inputs(CONTENT, [STYLE]), params(3))
     assert engine.reached.wait(5)
     seen = queue.snapshot(job.id)
     started = time.monotonic()
@@ -331,7 +354,7 @@ def test_long_polls_pace_progress_but_answer_the_end_at_once(make_queue) -> None
     from nst_server.jobs import LONG_POLL_GAP_S
 
     queue = make_queue(FakeEngine(step_s=0.03))
-    job = queue.submit(CONTENT, [STYLE], params(30))  # about 0.9 s of steps
+    job = queue.submit(job_inputs(CONTENT, [STYLE]), params(30))  # about 0.9 s of steps
     version, answers = -1, []
     while True:
         started = time.monotonic()

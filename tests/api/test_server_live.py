@@ -23,7 +23,7 @@ from nst_server.images import encode_png
 from tests.api.helpers import bomb_png, png_bytes, raw_png, rgb_image
 from tests.live_server import LiveServer, job_form, multipart
 
-UPLOAD_LIMIT = 2_000_000  # bytes, set through NST_MAX_CONTENT_LENGTH
+UPLOAD_LIMIT = 2_000_000  # bytes, set through NST_MAX_UPLOAD_BYTES
 ABANDON_AFTER_S = 2.0
 
 
@@ -32,7 +32,7 @@ def server(tmp_path_factory) -> Iterator[LiveServer]:
     srv = LiveServer(
         tmp_path_factory.mktemp("live"),
         abandon_after_s=ABANDON_AFTER_S,
-        env={"NST_MAX_CONTENT_LENGTH": str(UPLOAD_LIMIT)},
+        env={"NST_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)},
     )
     try:
         try:
@@ -104,8 +104,6 @@ def test_create_poll_result(server: LiveServer) -> None:
         result = np.asarray(image, np.float32)
     original = np.asarray(rgb_image(64, 48), np.float32)
     assert np.abs(result - original).mean() > 0.5  # the optimisation changed the picture
-    status, headers, preview = server.request("GET", f"/v1/jobs/{job_id}/preview")
-    assert status == 200 and headers["Content-Type"] == "image/png"
 
 
 def test_16_bit_rgba_content_gives_16_bit_rgba_result_with_alpha_untouched(
@@ -185,7 +183,8 @@ def test_stylize_cancels_its_job_when_the_client_hangs_up(server: LiveServer) ->
     )
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(
-        f"POST /v1/stylize HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+        f"POST /v1/stylize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"Authorization: Bearer {server.token}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
@@ -251,3 +250,55 @@ def test_unknown_id_and_route(server: LiveServer) -> None:
         status, headers, data = server.request(method, path)
         assert_json_error(status, headers, data, 404, "not_found")
     assert_healthy(server)
+
+
+def test_previews_and_finish_keep_the_picture_so_far(server: LiveServer) -> None:
+    """The live window's server side, with the real engine: previews at the size asked while
+    the job runs, long polls that wake on a new preview, Keep (finish) giving a result from the
+    picture at that moment."""
+    server.wait_idle()
+    long_job = {"iterations": 5000, "max_size": 64, "coarse_to_fine": False}
+    status, _, data = server.post_form("/v1/jobs", job_form(photo_png(), painting_png(), long_job))
+    job_id = json.loads(data)["id"]
+    _, _, queued = server.post_form("/v1/jobs", job_form(photo_png(), painting_png(), long_job))
+    queued_id = json.loads(queued)["id"]
+    body = server.wait_state(job_id, ("done", "failed", "cancelled"), min_step=2)
+    status, headers, data = server.request("POST", f"/v1/jobs/{queued_id}/finish")
+    assert_json_error(status, headers, data, 409, "not_started", "cancel")
+    server.request("DELETE", f"/v1/jobs/{queued_id}")
+
+    # a long poll wakes on the next step, which brings a new preview
+    status, later = server.get_json(f"/v1/jobs/{job_id}?since={body['version']}&wait=10")
+    assert later["preview"] and later["preview_step"] > body["preview_step"]
+    for size, expected in ((32, (32, 24)), (None, (64, 48)), (5000, (64, 48))):
+        query = f"?size={size}" if size else ""
+        status, headers, png = server.request("GET", f"/v1/jobs/{job_id}/preview{query}")
+        assert status == 200 and headers["Content-Type"] == "image/png"
+        with Image.open(io.BytesIO(png)) as image:
+            assert image.size == expected  # at most the processing size (64 px)
+    status, headers, data = server.request("GET", f"/v1/jobs/{job_id}/preview?size=0")
+    assert_json_error(status, headers, data, 400, "bad_query", "size")
+
+    status, _, data = server.request("POST", f"/v1/jobs/{job_id}/finish")
+    assert status == 202 and json.loads(data)["state"] == "running"
+    body = server.wait_state(job_id, ("done", "failed", "cancelled"), timeout=30)
+    assert body["state"] == "done", body
+    assert body["progress"]["finished_early"] is True
+    assert 2 <= body["progress"]["step"] < 100
+    status, headers, png = server.request("GET", f"/v1/jobs/{job_id}/result")
+    assert status == 200
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.size == (64, 48)
+        result = np.asarray(image, np.float32)
+    assert np.abs(result - np.asarray(rgb_image(64, 48), np.float32)).mean() > 0.5
+    status, headers, data = server.request("POST", f"/v1/jobs/{job_id}/finish")
+    assert_json_error(status, headers, data, 409, "finished", "done")
+    assert_healthy(server)
+
+
+def test_without_the_token_only_a_brief_health(server: LiveServer) -> None:
+    status, _, data = server.request("GET", "/v1/health", token=False)
+    assert status == 200 and set(json.loads(data)) == {"status", "version"}
+    status, headers, data = server.request("GET", "/v1/params", token=False)
+    assert_json_error(status, headers, data, 401, "unauthorized", "nst-server token --show")
+    assert "401 GET /v1/params from 127.0.0.1" in server.log_text()

@@ -7,32 +7,12 @@ import pytest
 
 from nst_server.engine import EngineError, Progress
 from nst_server.engine.colour import luminance_transfer, match_colours, rgb_to_ycbcr
-from nst_server.engine.core import scale_schedule
 from nst_server.params import StyleParams
 from tests.conftest import synthetic_painting, synthetic_photo
 
 
 def params(**overrides) -> StyleParams:
     return StyleParams.from_mapping({"iterations": 8, "max_size": 64, **overrides}, "cpu")
-
-
-@pytest.mark.parametrize(
-    ("side", "iterations"), [(300, 30), (512, 200), (1024, 200), (2048, 300), (700, 3)]
-)
-def test_scale_schedule_goes_small_to_large_and_spends_most_steps_small(side, iterations):
-    schedule = scale_schedule(side, iterations, coarse_to_fine=True)
-    sides = [s for s, _ in schedule]
-    steps = [n for _, n in schedule]
-    assert sides[-1] == side and sides == sorted(sides) and len(set(sides)) == len(sides)
-    assert sides[0] == min(side, 256) or len(sides) == iterations  # too few steps: top scales
-    assert all(b / a <= 1.5 for a, b in zip(sides[:-1], sides[1:], strict=True))
-    assert sum(steps) == iterations and min(steps) >= 1
-    assert steps == sorted(steps, reverse=True)
-
-
-def test_scale_schedule_single_scale_when_off_or_small():
-    assert scale_schedule(512, 100, coarse_to_fine=False) == [(512, 100)]
-    assert scale_schedule(256, 100, coarse_to_fine=True) == [(256, 100)]
 
 
 def test_preserve_colors_keeps_the_photos_chroma(engine):
@@ -146,7 +126,7 @@ def test_init_image_is_the_starting_point(engine):
 
 def test_coarse_to_fine_matches_single_scale_style_statistics(engine, monkeypatch):
     # The same schedule as a 384 px default run, at half the size, to keep the test quick.
-    monkeypatch.setattr("nst_server.engine.core._SMALLEST_SCALE", 128)
+    monkeypatch.setattr("nst_server.engine.planning.SMALLEST_SCALE", 128)
     photo, painting = synthetic_photo(144, 192), synthetic_painting(192, 192)
     events: list[Progress] = []
     multi = engine.stylize(photo, [painting], params(max_size=192, iterations=30), events.append)
@@ -164,23 +144,19 @@ def test_coarse_to_fine_matches_single_scale_style_statistics(engine, monkeypatc
     assert 0.5 < style["multi"] / style["single"] < 2.0, style
 
 
-def test_memory_guard_lowers_the_size_and_says_so(engine, monkeypatch):
-    from nst_server.engine import memory
+def test_a_job_that_does_not_fit_the_free_memory_is_refused_not_shrunk(engine, monkeypatch):
+    from nst_server.engine.planning import plan_job
 
-    budget_mb = memory.job_bytes(96 * 72, "lbfgs") / 2**20 / memory.USABLE_SHARE
-    monkeypatch.setenv("NST_FREE_MEMORY_MB", str(budget_mb))
+    photo, painting = synthetic_photo(96, 128), synthetic_painting()
+    job = params(iterations=2, max_size=128)
+    need = plan_job(photo.shape[:2], [painting.shape[:2]], job).peak_bytes
+    monkeypatch.setenv("NST_FREE_MEMORY_MB", str(need / 2**20))  # 80% of it is usable
     events: list[Progress] = []
-    result = engine.stylize(
-        synthetic_photo(96, 128),
-        [synthetic_painting()],
-        params(iterations=2, max_size=128),
-        events.append,
-    )
-    assert result.shape == (96, 128, 3)  # still the photo's size
-    assert events[-1].size[0] < 128 and "largest size that fits" in events[-1].note
-    monkeypatch.setenv("NST_FREE_MEMORY_MB", "0.5")
-    with pytest.raises(EngineError, match="not enough memory"):
-        engine.stylize(synthetic_photo(96, 128), [synthetic_painting()], params())
+    with pytest.raises(EngineError, match="not enough memory: this job .128x96 px"):
+        engine.stylize(photo, [painting], job, events.append)
+    assert not [e for e in events if e.phase == "optimising"]
+    monkeypatch.setenv("NST_FREE_MEMORY_MB", str(need / 2**20 / 0.79))
+    assert engine.stylize(photo, [painting], job).shape == photo.shape
 
 
 def test_finish_early_keeps_the_picture_of_that_step_at_the_photos_size(engine):

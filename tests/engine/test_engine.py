@@ -165,3 +165,12 @@ def test_unload_frees_the_network_and_the_next_job_reloads_it(engine):
     )
     assert engine.loaded and events[0].phase == "loading"
     assert result.shape == synthetic_photo().shape
+
+
+def test_a_photo_too_thin_for_max_size_is_refused_before_any_work(engine):
+    events: list[Progress] = []
+    with pytest.raises(EngineError, match="too thin to process at max_size 128"):
+        engine.stylize(
+            synthetic_photo(40, 4000), [synthetic_painting()], params(max_size=128), events.append
+        )
+    assert not [e for e in events if e.phase == "optimising"]

@@ -98,7 +98,7 @@ def test_float16_needs_and_gets_loss_scaling(engine):
     ):
         plan, model = engine._plan(params(precision=precision))  # noqa: SLF001
         feats = engine._feature_fn(plan, model)(image * 0.5 + 0.25)  # noqa: SLF001
-        grams = engine._style_targets(plan, model, [synthetic_painting()], 64, [1.0])  # noqa: SLF001
+        grams = engine._style_targets(plan, model, [synthetic_painting()], [(64, 64)], [1.0])  # noqa: SLF001
         _, _, grad = engine._loss_fn(plan, model)(  # noqa: SLF001
             image,
             tuple(feats[i] for i in plan.content),

@@ -30,7 +30,7 @@ from gimp_harness import (
     unavailable,
 )
 
-from tests.live_server import free_port, serve_command
+from tests.live_server import free_port, serve_command, session_token
 
 
 @pytest.fixture(scope="session", params=GIMP_RELEASES, ids=lambda r: f"gimp{r.version}")
@@ -99,7 +99,7 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer
     port = free_port()
     log = tmp_path_factory.mktemp("nst-server") / "server.log"
     command = serve_command(port, log, abandon_after_s=ABANDON_AFTER_S)
-    client = nst_client.NstClient(f"http://127.0.0.1:{port}")
+    client = nst_client.NstClient(f"http://127.0.0.1:{port}", session_token())
     # Its stderr (TensorFlow's start-up chatter) goes to a file: an unread pipe could fill up.
     console = log.with_name("console.txt")
     with console.open("wb") as sink:

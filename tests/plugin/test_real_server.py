@@ -21,14 +21,14 @@ sys.path.insert(0, str(REPO / "gimp_plugin" / "neural_style"))
 import nst_client  # noqa: E402
 from nst_client import RawImage, options  # noqa: E402
 
-from tests.live_server import free_port, serve_command  # noqa: E402
+from tests.live_server import free_port, serve_command, session_token  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def started_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nst_client.NstClient]:
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    client = nst_client.NstClient(f"http://127.0.0.1:{port}")
+    client = nst_client.NstClient(f"http://127.0.0.1:{port}", session_token())
     command = serve_command(port, log)
     health, process = nst_client.ensure_server(client, command, timeout=180)
     assert process is not None, "something already listened on a fresh port"

@@ -189,6 +189,11 @@ _job_ids = st.one_of(
 )
 
 
+_sizes = st.one_of(
+    st.integers(-10, 70_000).map(str), st.sampled_from(["", "nan", "1e9", "256.5", "x"])
+)
+
+
 @st.composite
 def requests(draw: Callable[..., Any], *, stylize: bool = True) -> Request:
     """Any request to any endpoint (``stylize=False`` leaves out the blocking endpoint)."""
@@ -211,10 +216,15 @@ def requests(draw: Callable[..., Any], *, stylize: bool = True) -> Request:
                     f"/v1/jobs/{job_id}",
                     f"/v1/jobs/{job_id}/result",
                     f"/v1/jobs/{job_id}/preview",
+                    f"/v1/jobs/{job_id}/preview?size={draw(_sizes)}",
+                    f"/v1/jobs/{job_id}/finish",
                 ]
             )
         )
-        method = "DELETE" if path.count("/") == 3 and draw(st.booleans()) else "GET"
+        if path.endswith("/finish"):
+            method = "POST" if draw(st.booleans()) else "GET"
+        else:
+            method = "DELETE" if path.count("/") == 3 and draw(st.booleans()) else "GET"
         return method, path, {}, b""
     method = draw(st.sampled_from(["PUT", "PATCH", "OPTIONS", "GET", "POST", "DELETE", "HEAD"]))
     path = draw(

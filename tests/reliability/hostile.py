@@ -84,6 +84,14 @@ def png16(channels: int) -> bytes:
     return encode_png(np.stack(planes, axis=2), bit_depth=16)
 
 
+def float_tiff(odd: float | None = None) -> bytes:
+    """A 32-bit float TIFF with values in 0..1; ``odd`` written into one pixel."""
+    values = np.asarray(gradient(W, H, "L"), np.float32) / 255.0
+    if odd is not None:
+        values[3, 5] = odd
+    return _save(Image.fromarray(values, "F"), "TIFF")
+
+
 def hostile_images(small: bool = False) -> dict[str, tuple[bytes, tuple[object, str]]]:
     """Name -> (bytes, expectation). ``small`` leaves out the ~100 KB zlib bombs (fuzzing)."""
     good_png = png(gradient(W, H))
@@ -122,7 +130,10 @@ def hostile_images(small: bool = False) -> dict[str, tuple[bytes, tuple[object, 
         "LA PNG": (png(gradient(W, H, "LA")), ("ok", "RGBA")),
         "L PNG": (png(gradient(W, H, "L")), ("ok", "RGB")),
         "1-bit PNG": (png(gradient(W, H, "1")), ("ok", "RGB")),
-        "float TIFF": (_save(gradient(W, H, "F"), "TIFF"), ("ok", "RGB")),
+        "float TIFF 0..1": (float_tiff(), ("ok", "RGB")),
+        "float TIFF with NaN": (float_tiff(float("nan")), (400, "bad_image")),
+        "float TIFF with infinity": (float_tiff(float("inf")), (400, "bad_image")),
+        "float TIFF above 1": (float_tiff(255.0), (400, "bad_image")),
         "BMP": (_save(gradient(W, H), "BMP"), ("ok", "RGB")),
     }
     if not small:
@@ -130,3 +141,37 @@ def hostile_images(small: bool = False) -> dict[str, tuple[bytes, tuple[object, 
         cases["zlib bomb in a 64x64 PNG"] = (zlib_bomb_png(8), ("ok", "RGB"))
         cases["zlib bomb in a 64x64 16-bit PNG"] = (zlib_bomb_png(16), (400, "bad_image"))
     return cases
+
+
+# --- decoder CPU bombs: small files whose decoding would take seconds to minutes -----------------
+
+
+def thin_png16(width: int = 4_000_000) -> bytes:
+    """A 16-bit RGB PNG one pixel high and ``width`` wide, Paeth-filtered (decoded pixel by
+    pixel along its length by a wavefront decoder)."""
+    row = b"\x04" + b"\x00" * (width * 6)
+    ihdr = struct.pack(">IIBBBBB", width, 1, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(row, 9))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def many_chunks_png(chunks: int = 600_000) -> bytes:
+    """A valid small PNG with ``chunks`` empty ancillary chunks before its image data (Pillow
+    reads each one in Python)."""
+    good = png(gradient(W, H))
+    empty = _chunk(b"teSt", b"")
+    ihdr_end = 8 + 25
+    return good[:ihdr_end] + empty * chunks + good[ihdr_end:]
+
+
+def many_scans_jpeg(scans: int = 2000, side: int = 2048) -> bytes:
+    """A progressive JPEG of one colour whose last scan (a few bytes: all-zero refinements) is
+    repeated ``scans`` times: each is a pass over every block of the picture."""
+    data = _save(Image.new("RGB", (side, side), (90, 140, 200)), "JPEG", progressive=True)
+    last = data.rfind(b"\xff\xda")
+    scan = data[last:-2]  # the last scan's header and data, up to EOI
+    return data[:-2] + scan * scans + b"\xff\xd9"

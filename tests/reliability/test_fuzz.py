@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from nst_server.api import create_app, get_queue
+from nst_server.api import get_queue
+from tests.api.helpers import make_test_app
 from tests.fake_engine import FakeEngine
 from tests.reliability.fuzzing import Request, check_answer, requests
 from tests.reliability.helpers import gradient, painting, png
@@ -30,9 +31,7 @@ class FuzzTarget:
 
     def __init__(self) -> None:
         self.engine = FakeEngine(record_calls=False)  # 10,000 requests: keep no arrays
-        self.app = create_app(
-            {"ENGINE": self.engine, "ABANDON_AFTER_S": 0, "QUEUE_SIZE": 4, "JOB_TTL_S": 60}
-        )
+        self.app = make_test_app(self.engine, abandon_after_s=0, queue_size=4, job_ttl_s=60)
         self.client = self.app.test_client()
         self.sent = 0
         self.statuses: dict[int, int] = {}
@@ -49,9 +48,13 @@ class FuzzTarget:
             for suffix in ("", "/preview", "/result"):
                 r = self.client.get(f"/v1/jobs/{job_id}{suffix}")
                 check_answer(("GET", "/v1/jobs/x", {}, b""), r.status_code, r.content_type, r.data)
+            r = self.client.post(f"/v1/jobs/{job_id}/finish")
+            check_answer(
+                ("POST", "/v1/jobs/x/finish", {}, b""), r.status_code, r.content_type, r.data
+            )
             r = self.client.delete(f"/v1/jobs/{job_id}")
             assert r.status_code in (200, 202), r.data
-            self.sent += 4
+            self.sent += 5
 
     def assert_still_serving(self) -> None:
         queue = get_queue(self.app)

@@ -10,7 +10,8 @@ import resource
 import pytest
 from PIL import Image
 
-from nst_server.api import create_app, get_queue
+from nst_server.api import get_queue
+from tests.api.helpers import make_test_app
 from tests.fake_engine import FakeEngine
 from tests.reliability.helpers import gradient, painting, png
 from tests.reliability.hostile import H, W, bomb_png, hostile_images
@@ -20,7 +21,7 @@ CASES = hostile_images()
 
 @pytest.fixture(scope="module")
 def client():
-    app = create_app({"ENGINE": FakeEngine(), "ABANDON_AFTER_S": 0})
+    app = make_test_app(FakeEngine(), abandon_after_s=0)
     yield app.test_client()
     get_queue(app).close()
 
