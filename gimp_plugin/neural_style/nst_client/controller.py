@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import random
 import threading
 import time
@@ -61,6 +62,11 @@ from .settings import ensure_server
 WAITING, SENDING, QUEUED, RUNNING, KEEPING = "waiting", "sending", "queued", "running", "keeping"
 DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
 FINAL = (DONE, FAILED, CANCELLED)
+
+#: Previews are fetched at most this often: a step at a small size takes a fraction of a
+#: second, and each picture costs the server an encoding and GIMP a layer update. A step that
+#: takes longer gets its picture as soon as it is done.
+PREVIEW_EVERY_S = 1.0
 
 # Event kinds.
 CHANGED = "changed"  # a run's progress, state or place in the queue changed
@@ -209,12 +215,16 @@ class StudioController:
         presets: PresetStore | None = None,
         start_command: str | Sequence[str] | None = None,
         preview_size: int | None = None,
+        preview_every_s: float = PREVIEW_EVERY_S,
         long_poll: float = LONG_POLL_S,
         poll_interval: float = POLL_INTERVAL_S,
+        warm_up: bool = False,
     ) -> None:
         self.client = client
         self.presets = presets
         self.preview_size = preview_size
+        self._preview_every_s = preview_every_s
+        self._last_preview = -math.inf
         self._notify = notify
         self._start_command = start_command
         self._long_poll = long_poll
@@ -225,6 +235,7 @@ class StudioController:
         self._active: _Run | None = None
         self._durations: list[float] = []  # seconds each finished run took, for queue ETAs
         self._ids = 0
+        self._warm_up = warm_up
         self._closing = False
         self._lock = threading.Condition()
         self._worker = threading.Thread(target=self._work, name="nst-window-worker", daemon=True)
@@ -282,6 +293,14 @@ class StudioController:
             self._command(self.client.cancel, job_id)
         self._changed_all()
         self._maybe_idle()
+
+    def use_client(self, client: NstClient) -> None:
+        """Send later runs to another server (the artist changed its URL or token); refused
+        while runs are pending, whose Keep and Cancel go to the server they were sent to."""
+        if self.pending():
+            raise NstError("Wait for the pending runs to end before changing the server.")
+        self.client = client
+        self._schema = None
 
     def cancel_all(self) -> None:
         for run in self.runs():
@@ -361,6 +380,8 @@ class StudioController:
     # -- the worker ----------------------------------------------------------------------------
 
     def _work(self) -> None:
+        if self._warm_up:
+            self._prepare_quietly()
         while True:
             with self._lock:
                 while not self._waiting and not self._closing:
@@ -412,7 +433,7 @@ class StudioController:
                 if status["state"] == DONE:
                     break
                 if self.preview_size is not None and tracker.has_new_preview():
-                    self._preview(run, job_id)
+                    self._preview_when_due(run, job_id)
             result = self._result(run, tracker)
         except JobCancelled:
             self._finish_run(run, CANCELLED, "Cancelled")
@@ -433,6 +454,16 @@ class StudioController:
         else:
             self._finish_run(run, DONE, "Done", result)
 
+    def _prepare_quietly(self) -> None:
+        """While the artist chooses: the server started if needed, its parameters known, so
+        the first Run goes straight to work. A failure here is reported by the run itself."""
+        client = self.client
+        with contextlib.suppress(NstError):
+            ensure_server(client, self._start_command)
+            schema = client.params()
+            if self.client is client:
+                self._schema = schema
+
     def _say(self, run: _Run, text: str) -> None:
         with self._lock:
             run.text = text
@@ -448,6 +479,14 @@ class StudioController:
             eta = (status.get("progress") or {}).get("eta_s")
             run.eta_s = float(eta) if isinstance(eta, (int, float)) else None
         self._changed_all()
+
+    def _preview_when_due(self, run: _Run, job_id: str) -> None:
+        """The newest picture, no sooner than PREVIEW_EVERY_S after the last one."""
+        wait = self._last_preview + self._preview_every_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last_preview = time.monotonic()
+        self._preview(run, job_id)
 
     def _preview(self, run: _Run, job_id: str) -> None:
         try:

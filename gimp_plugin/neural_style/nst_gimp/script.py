@@ -1,0 +1,268 @@
+"""Test-only: script the window and log what it shows, for the end-to-end tests in real GIMP.
+
+A batch call cannot observe a window that stays open, so the tests (tests/gimp/test_window.py)
+start GIMP under Xvfb, open the real window and set NST_WINDOW_SCRIPT to a JSON file::
+
+    {"windows": {"Photo": {"log": "/tmp/.../window.jsonl",
+                           "steps": [{"run": true}, {"wait_previews": 3}, {"keep": true},
+                                     {"wait_finished": 1}, ...]}}}
+
+keyed by the name of the photo layer the window is opened on (two images, two windows).
+
+The steps press the window's real buttons (the same GTK signals a click emits) one after the
+other, each waiting for its condition; every run, preview and end is logged as a JSON line with
+the image's layers and pixel measures, which the tests assert on. The artist's own edits and
+Ctrl+Z come from xdotool on GIMP's image window (the test drives them between "wait_file"
+steps). Without NST_WINDOW_SCRIPT nothing here runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+from gi.repository import Gimp, GLib
+
+from . import images
+from .preview import is_preview
+
+ENV_SCRIPT = "NST_WINDOW_SCRIPT"
+TICK_MS = 50
+
+
+def attach_from_environment(window):
+    path = os.environ.get(ENV_SCRIPT)
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as handle:
+        doc = json.load(handle)["windows"].get(window.content_layer.get_name())
+    if doc is None:
+        return None
+    script = WindowScript(window, doc["steps"], doc["log"])
+    window.observers.append(script)
+    GLib.timeout_add(TICK_MS, script.tick)
+    return script
+
+
+def _mean_abs_diff(a: bytes, b: bytes) -> float | None:
+    if not a or not b or len(a) != len(b):
+        return None
+    step = max(1, len(a) // 30000)  # a sample is plenty for "closer to this than to that"
+    total = sum(abs(x - y) for x, y in zip(a[::step], b[::step], strict=True))
+    return total / len(a[::step])
+
+
+class WindowScript:
+    def __init__(self, window, steps, log_path) -> None:
+        self.window = window
+        self.steps = list(steps)
+        self.log_path = log_path
+        self.started = time.monotonic()
+        self.previews = 0
+        self.finished = 0
+        self.answer = None
+        self.busy = False  # a deferred press has not returned yet
+        self.last_preview_px: dict[int, bytes] = {}
+        self.kept_from: dict[int, bytes] = {}  # run id -> its last preview when Keep was pressed
+        self.run_ids: list[int] = []
+        self.log("script", steps=len(self.steps), gimp=Gimp.version())
+
+    # -- log -----------------------------------------------------------------------------
+
+    def log(self, event: str, **fields) -> None:
+        line = {"t": round(time.monotonic() - self.started, 3), "event": event, **fields}
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+    def _px_rgb(self, layer) -> bytes:
+        raw = images.read_pixels(layer, 8)
+        if raw.channels == 3:
+            return raw.pixels
+        return bytes(b for i, b in enumerate(raw.pixels) if i % 4 != 3)
+
+    def layers(self) -> list[dict]:
+        window = self.window
+        if not images.alive(window.image):
+            return []
+        photo = window.content_layer
+        photo_px = self._px_rgb(photo) if images.alive(photo) else b""
+        out = []
+        for layer in images.all_layers(window.image.get_layers()):
+            parasite = layer.get_parasite("neural-style-result")
+            record = json.loads(bytes(parasite.get_data()).decode()) if parasite else None
+            doc = {
+                "name": layer.get_name(),
+                "id": layer.get_id(),
+                "size": [layer.get_width(), layer.get_height()],
+                "offsets": list(layer.get_offsets()[1:]),
+                "visible": layer.get_visible(),
+                "preview": is_preview(layer),
+                "has_mask": layer.get_mask() is not None,
+            }
+            if record is not None or is_preview(layer):
+                px = self._px_rgb(layer)
+                doc["diff_to_photo"] = _mean_abs_diff(px, photo_px)
+                if record is not None:
+                    doc["record"] = {
+                        k: record.get(k)
+                        for k in ("steps", "finished_early", "seed", "strength", "style")
+                    }
+                    for run_id, kept in self.kept_from.items():
+                        doc.setdefault("diff_to_kept_preview", {})[run_id] = _mean_abs_diff(
+                            px, kept
+                        )
+            out.append(doc)
+        return out
+
+    # -- what the window tells ---------------------------------------------------------------
+
+    def on_run(self, run_id: int) -> None:
+        self.run_ids.append(run_id)
+        self.log("run", id=run_id)
+
+    def on_preview(self, view, layer) -> None:
+        self.previews += 1
+        px = self._px_rgb(layer) if layer is not None else b""
+        self.last_preview_px[view.id] = px
+        photo = self.window.content_layer
+        self.log(
+            "preview",
+            n=self.previews,
+            id=view.id,
+            text=view.text,
+            fraction=view.fraction,
+            layer=None
+            if layer is None
+            else {
+                "name": layer.get_name(),
+                "size": [layer.get_width(), layer.get_height()],
+                "offsets": list(layer.get_offsets()[1:]),
+                "visible": layer.get_visible(),
+                "has_mask": layer.get_mask() is not None,
+                "position": self.window.image.get_item_position(layer),
+            },
+            photo_position=self.window.image.get_item_position(photo),
+            diff_to_photo=_mean_abs_diff(px, self._px_rgb(photo)),
+            selected=[s.get_name() for s in self.window.image.get_selected_layers()],
+        )
+
+    def on_finished(self, view) -> None:
+        self.finished += 1
+        self.log(
+            "finished",
+            id=view.id,
+            state=view.state,
+            error=view.error,
+            message=self.window.message.get_text(),
+            layers=self.layers(),
+        )
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def tick(self) -> bool:
+        window = self.window
+        if window.question is not None and self.answer is not None:
+            self.log("answer", answer=self.answer)
+            window.question.response(self.answer)
+            self.answer = None
+        while self.steps and not self.busy and self._step(self.steps[0]):
+            self.steps.pop(0)
+        if not self.steps and not self.busy:
+            self.log("script-end")
+            return GLib.SOURCE_REMOVE
+        return GLib.SOURCE_CONTINUE
+
+    def _press(self, what: str, action) -> None:
+        """Press later, from the main loop, so a press that opens a nested loop (the question)
+        does not block this tick."""
+        self.busy = True
+
+        def press():
+            self.log("press", what=what)
+            try:
+                action()
+            finally:
+                self.busy = False
+            return GLib.SOURCE_REMOVE
+
+        GLib.idle_add(press)
+
+    def _latest_row(self):
+        rows = self.window._rows.values()
+        pending = [row for row in rows if row.state not in ("done", "failed", "cancelled")]
+        return pending[-1] if pending else None
+
+    def _step(self, step: dict) -> bool:
+        """Do or wait for ``step``; True when it is done."""
+        window = self.window
+        if "run" in step:
+            self._press("run", window.run_button.clicked)
+        elif "set" in step:
+            for name, value in step["set"].items():
+                if name.startswith("style-layer") and isinstance(value, str):
+                    value = next(
+                        layer
+                        for layer in images.all_layers(window.image.get_layers())
+                        if layer.get_name() == value
+                    )
+                window.config.set_property(name, value)
+        elif "keep" in step or "cancel" in step:
+            row = self._latest_row()
+            if row is None:
+                self.log("error", what="no pending run to press on", step=step)
+                return True
+            if "keep" in step:
+                self.kept_from[row.run_id] = self.last_preview_px.get(row.run_id, b"")
+            button = row.keep if "keep" in step else row.cancel
+            self._press("keep" if "keep" in step else "cancel", button.clicked)
+        elif "wait_previews" in step:
+            return self.previews >= step["wait_previews"]
+        elif "wait_finished" in step:
+            return self.finished >= step["wait_finished"]
+        elif "wait_file" in step:
+            return os.path.exists(os.path.join(os.path.dirname(self.log_path), step["wait_file"]))
+        elif "sleep" in step:
+            due = step.setdefault("_due", time.monotonic() + step["sleep"])
+            return time.monotonic() >= due
+        elif "log" in step:
+            self.log(
+                "state",
+                label=step["log"],
+                layers=self.layers(),
+                message=window.message.get_text(),
+                history=[row.entry.layer_name for row in window.history.get_children()],
+                runs=[row.bar.get_text() for row in window._rows.values()],
+            )
+        elif "signal" in step:  # the host waits for this line, then acts (xdotool, screenshot)
+            self.log("signal", name=step["signal"])
+        elif "close" in step:
+            self.answer = {"cancel": 1, "finish": 2, "stay": 3}.get(step["close"])
+            close = window.dialog.get_widget_for_response(-6)  # Gtk.ResponseType.CANCEL
+            self._press("close", close.clicked)
+        elif "delete_layer" in step:
+            for layer in images.all_layers(window.image.get_layers()):
+                if layer.get_name() == step["delete_layer"]:
+                    window.image.remove_layer(layer)
+                    Gimp.displays_flush()
+                    break
+        elif "before_after" in step:
+            window.before_after.set_active(step["before_after"])
+        elif "select_history" in step:
+            rows = window.history.get_children()
+            window.history.select_row(rows[step["select_history"]])
+        elif "again" in step:
+            self._press("again", window.again.clicked)
+        elif "preset_save" in step:
+            window.preset_name.set_text(step["preset_save"])
+            window.preset_buttons["save"].clicked()
+        elif "preset_load" in step or "preset_delete" in step:
+            name = step.get("preset_load") or step.get("preset_delete")
+            window.presets.set_active_id(name)
+            window.preset_buttons["load" if "preset_load" in step else "delete"].clicked()
+        else:
+            self.log("error", what="unknown step", step=step)
+        return True

@@ -1,0 +1,315 @@
+"""The real GIMP (GUI, not gimp-console) under Xvfb in a GIMP 3 chroot, with the plug-in's window
+open and scripted: for the window's end-to-end tests, the screenshots and the preview timing.
+
+    session = GuiSession.start(release, profile, server_url, token, {"Photo": steps})
+    session.wait_event("signal", name="edit")     # the window's test hook logged it
+    session.keys("shift+ctrl+d")                    # the artist, in GIMP's image window
+    session.touch("edited")                         # the hook's "wait_file" step goes on
+    session.wait_returned()                         # the window closed; the batch call returned
+    session.stop()                                  # GIMP and Xvfb ended by pid, /proc unmounted
+
+GIMP runs tests/gimp/window_batch.py (opens the images, then the plug-in INTERACTIVE); the
+plug-in's test hook (gimp_plugin/neural_style/nst_gimp/script.py) follows the steps given here
+and logs each run, preview and end as JSON lines, which the tests read. xdotool presses keys in
+GIMP's own image window as the artist would. GIMP 3.2's GUI needs /proc in the chroot (its icon
+loader's sandbox): mounted for the session only when it is not already, and unmounted after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gimp_harness import HERE, REPO, SHARED_IMAGES, GimpRelease
+
+#: The GUI binary in each chroot (gimp_harness.GimpRelease.console is the batch one).
+GUI_BINARIES = {"3.0": "gimp-3.0", "3.2": "gimp-3.2"}
+START_TIMEOUT_S = 120.0
+
+
+def install_plugin(plugin_dir: Path, token_file_inside: str) -> None:
+    subprocess.run(
+        [
+            "bash",
+            str(REPO / "install" / "install_plugin.sh"),
+            "--plugin-dir",
+            str(plugin_dir),
+            "--start-command",
+            "/nonexistent/nst-server serve",
+            "--token-file",
+            token_file_inside,
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def make_profile(release: GimpRelease, token: str) -> tuple[Path, str]:
+    """A throwaway GIMP profile in the chroot with the plug-in installed and the server's token
+    where plugin.json says: (folder outside, the same inside). Reused by the sessions of a test
+    run (GIMP's first start on a new profile is the slow one)."""
+    name = f"nst-gui-{uuid.uuid4().hex[:8]}"
+    outside = release.root / "tmp" / name
+    (outside / "profile" / "plug-ins").mkdir(parents=True)
+    (outside / "token").write_text(token)
+    install_plugin(outside / "profile" / "plug-ins", f"/tmp/{name}/token")
+    return outside, f"/tmp/{name}"
+
+
+def _free_display(root: Path) -> int:
+    for _ in range(200):
+        number = random.randint(80, 299)
+        if not (root / "tmp" / f".X{number}-lock").exists():
+            return number
+    raise RuntimeError("no free X display number")
+
+
+@dataclass
+class GuiSession:
+    release: GimpRelease
+    inside: str  # the session's folder as the chroot sees it
+    outside: Path
+    display: int
+    xvfb: subprocess.Popen
+    gimp: subprocess.Popen
+    mounted_proc: bool
+    logs: dict[str, Path] = field(default_factory=dict)  # photo layer name -> its window's log
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        release: GimpRelease,
+        profile: tuple[Path, str],
+        server_url: str,
+        windows: dict[str, list[dict]],
+        *,
+        images: int = 1,
+        size: int = 128,
+        screen: tuple[int, int] = (1400, 1000),
+    ) -> GuiSession:
+        """GIMP with the window open on the first image; ``windows``: the hook's steps for the
+        window on each photo layer ("Photo", "Photo 2")."""
+        root = release.root
+        name = f"nst-gui-session-{uuid.uuid4().hex[:8]}"
+        outside = root / "tmp" / name
+        outside.mkdir(parents=True)
+        inside = f"/tmp/{name}"
+        shutil.copy(SHARED_IMAGES / "content" / "tubingen.jpg", outside / "content.jpg")
+        shutil.copy(SHARED_IMAGES / "style" / "starry_night.jpg", outside / "style.jpg")
+        logs = {photo: outside / f"window-{i}.jsonl" for i, photo in enumerate(windows)}
+        script = {
+            "windows": {
+                photo: {"log": f"{inside}/{logs[photo].name}", "steps": steps}
+                for photo, steps in windows.items()
+            }
+        }
+        (outside / "script.json").write_text(json.dumps(script))
+        display = _free_display(root)
+        mounted = False
+        if release.version != "3.0" and not os.path.ismount(root / "proc"):
+            subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+            mounted = True
+        env = {
+            "HOME": "/root",
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "DISPLAY": f":{display}",
+            "GIMP3_DIRECTORY": f"{profile[1]}/profile",
+            "NST_E2E_DIR": inside,
+            "NST_E2E_URL": server_url,
+            "NST_E2E_SIZE": str(size),
+            "NST_WINDOW_IMAGES": str(images),
+            "NST_WINDOW_SCRIPT": f"{inside}/script.json",
+        }
+        prefix = ["chroot", str(root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items())]
+        # chroot and env exec, so these pids are Xvfb's and GIMP's own: ended by pid in stop().
+        xvfb = subprocess.Popen(
+            [
+                *prefix,
+                "Xvfb",
+                f":{display}",
+                "-screen",
+                "0",
+                f"{screen[0]}x{screen[1]}x24",
+                "-nolisten",
+                "tcp",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        session = cls(release, inside, outside, display, xvfb, None, mounted, logs)  # type: ignore[arg-type]
+        try:
+            session._wait(lambda: (root / "tmp" / ".X11-unix" / f"X{display}").exists(), 30, "Xvfb")
+            with (
+                open(HERE / "window_batch.py", "rb") as batch,
+                open(outside / "gimp.out", "wb") as out,
+            ):
+                session.gimp = subprocess.Popen(
+                    [
+                        *prefix,
+                        GUI_BINARIES[release.version],
+                        "--no-splash",
+                        "--batch-interpreter=python-fu-eval",
+                        "-b",
+                        "-",
+                    ],
+                    stdin=batch,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+        except BaseException:
+            session.stop()
+            raise
+        return session
+
+    def stop(self) -> None:
+        for process in (self.gimp, self.xvfb):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
+        root = self.release.root
+        if self.mounted_proc:
+            subprocess.run(["umount", str(root / "proc")], check=False)
+            self.mounted_proc = False
+        for leftover in (
+            root / "tmp" / f".X{self.display}-lock",
+            root / "tmp" / ".X11-unix" / f"X{self.display}",
+        ):
+            leftover.unlink(missing_ok=True)
+        shutil.rmtree(self.outside, ignore_errors=True)
+
+    # -- what happened -----------------------------------------------------------------------
+
+    def gimp_output(self) -> str:
+        try:
+            return (self.outside / "gimp.out").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def batch_markers(self) -> dict[str, dict]:
+        found = {}
+        for line in self.gimp_output().splitlines():
+            if line.startswith("NST-WIN "):
+                _, name, doc = line.split(" ", 2)
+                found[name] = json.loads(doc)
+        return found
+
+    def events(self, photo: str = "Photo") -> list[dict]:
+        try:
+            text = self.logs[photo].read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def _wait(self, condition, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while True:
+            found = condition()
+            if found:
+                return found
+            if self.gimp is not None and self.gimp.poll() is not None:
+                raise AssertionError(f"GIMP exited while waiting for {what}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what}:\n{self.tail()}"
+                )
+            time.sleep(0.1)
+
+    def tail(self) -> str:
+        logs = "\n".join(
+            f"--- window log {photo}:\n"
+            + "\n".join(json.dumps(e)[:300] for e in self.events(photo)[-12:])
+            for photo in self.logs
+        )
+        return f"--- GIMP output (tail):\n{self.gimp_output()[-3000:]}\n{logs}"
+
+    def wait_event(
+        self, event: str, photo: str = "Photo", timeout: float = START_TIMEOUT_S, **match
+    ) -> dict:
+        def found():
+            for line in self.events(photo):
+                if line["event"] == event and all(line.get(k) == v for k, v in match.items()):
+                    return line
+            return None
+
+        return self._wait(found, timeout, f"{event} {match} in the {photo} window's log")
+
+    def wait_returned(self, timeout: float = 120.0) -> dict:
+        return self._wait(
+            lambda: self.batch_markers().get("returned"), timeout, "the window to close"
+        )
+
+    def touch(self, name: str) -> None:
+        (self.outside / name).touch()
+
+    # -- X -----------------------------------------------------------------------------------
+
+    def x(self, *args: str, check: bool = True) -> str:
+        """A command on the session's display, inside the chroot (xdotool, import)."""
+        done = subprocess.run(
+            [
+                "chroot",
+                str(self.release.root),
+                "/usr/bin/env",
+                "-i",
+                "PATH=/usr/bin:/bin",
+                f"DISPLAY=:{self.display}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"{args} failed: {done.stderr}")
+        return done.stdout
+
+    def window(self, pattern: str) -> str:
+        """The id of the first visible window whose title matches ``pattern`` (a regex)."""
+
+        def found():
+            out = self.x("xdotool", "search", "--onlyvisible", "--name", pattern, check=False)
+            return out.split()[0] if out.split() else None
+
+        return self._wait(found, 60, f"a window named {pattern!r}")
+
+    def image_window(self) -> str:
+        return self.window(r"GIMP$")
+
+    def title(self, window: str) -> str:
+        return self.x("xdotool", "getwindowname", window).strip()
+
+    def keys(self, *keys: str, pause: float = 0.6) -> None:
+        """Key presses in GIMP's image window, as the artist's (each waits ``pause`` for GIMP)."""
+        window = self.image_window()
+        for key in keys:
+            self.x("xdotool", "windowfocus", window)
+            self.x("xdotool", "key", "--clearmodifiers", key)
+            time.sleep(pause)
+
+    def place(
+        self, window: str, x: int, y: int, width: int | None = None, height: int | None = None
+    ) -> None:
+        if width and height:
+            self.x("xdotool", "windowsize", window, str(width), str(height))
+        self.x("xdotool", "windowmove", window, str(x), str(y))
+
+    def screenshot(self, path: Path, window: str = "root") -> Path:
+        self.x("import", "-window", window, f"{self.inside}/shot.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.outside / "shot.png", path)
+        return path
