@@ -259,10 +259,27 @@ def add_mask(layer, mask: nst_client.RawImage | None) -> None:
     write_pixels(layer_mask, mask, "Y u8")  # as selection_mask read it
 
 
-def insert_result(image, above, offsets, name, raw, record: bytes, mask=None):
+def is_result(layer) -> bool:
+    return layer.get_parasite(nst_client.RESULT_PARASITE) is not None
+
+
+def landing_place(image, above) -> tuple:
+    """(parent, position) for the window's next picture: right above ``above`` (the photo, or
+    the result continued from) and above the results already stacked there, so the newest is
+    on top and visible, not hidden under an earlier try."""
+    parent = above.get_parent()
+    siblings = parent.get_children() if parent is not None else image.get_layers()
+    ids = [layer.get_id() for layer in siblings]
+    index = ids.index(above.get_id())
+    while index > 0 and is_result(siblings[index - 1]):
+        index -= 1
+    return parent, index
+
+
+def insert_result(image, above, offsets, name, raw, record: bytes, mask=None, place=None):
     """The result as a new layer above ``above`` (at ``offsets``) with its record and mask, in
     one undo group ("Neural Style"), and selected; nothing is left behind when a GIMP call
-    fails. ``above`` gone: on top of the image."""
+    fails. ``place``: (parent, position) instead; ``above`` gone: on top of the image."""
     Gimp.context_push()
     image.undo_group_start()
     layer = None
@@ -270,7 +287,9 @@ def insert_result(image, above, offsets, name, raw, record: bytes, mask=None):
     try:
         layer = new_layer(image, name, raw)
         layer.set_offsets(*offsets)
-        if alive(above):
+        if place is not None:
+            image.insert_layer(layer, *place)
+        elif alive(above):
             image.insert_layer(layer, above.get_parent(), image.get_item_position(above))
         else:
             image.insert_layer(layer, None, 0)

@@ -19,7 +19,7 @@ import gi
 gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp
 
-from .images import add_mask, alive, all_layers
+from .images import add_mask, alive, all_layers, landing_place
 
 PREVIEW_NAME = "Neural Style preview"
 PREVIEW_PARASITE = "neural-style-preview"
@@ -64,13 +64,13 @@ class PreviewLayer:
         self.layer = None
         self.visible = True  # False: "before" (the photo shows)
 
-    def show(self, pixbuf, photo, mask=None) -> bool:
+    def show(self, pixbuf, photo, above, mask=None) -> bool:
         """Put ``pixbuf`` (GdkPixbuf, the server's picture at its processing size) on the canvas
-        over ``photo``, scaled by GIMP to the photo's size, with ``mask`` (the selection the run
-        was asked with) as its mask, so the photo shows outside it as in the result. False when
-        the photo is gone."""
+        where the result will go (above ``above``), at ``photo``'s offsets and scaled by GIMP to
+        its size, with ``mask`` (the selection the run was asked with) as its mask, so the photo
+        shows outside it as in the result. False when the photo is gone."""
         image = self.image
-        if not alive(image) or not alive(photo):
+        if not alive(image) or not alive(photo) or not alive(above):
             self.remove()
             return False
         selected = image.get_selected_layers()
@@ -84,7 +84,7 @@ class PreviewLayer:
                     image, PREVIEW_NAME, pixbuf, 100.0, Gimp.LayerMode.NORMAL, 0.0, 0.0
                 )
                 layer.attach_parasite(_marker())
-                image.insert_layer(layer, photo.get_parent(), image.get_item_position(photo))
+                image.insert_layer(layer, *landing_place(image, above))
                 self.layer = layer
                 Gimp.context_set_interpolation(Gimp.InterpolationType.CUBIC)
                 layer.scale(photo.get_width(), photo.get_height(), False)

@@ -29,6 +29,7 @@ from gi.repository import Gimp, GLib
 
 from . import images
 from .preview import is_preview
+from .window import remembered_settings
 
 ENV_SCRIPT = "NST_WINDOW_SCRIPT"
 TICK_MS = 50
@@ -63,6 +64,7 @@ class WindowScript:
         self.log_path = log_path
         self.started = time.monotonic()
         self.previews = 0
+        self.run_previews: dict[int, int] = {}
         self.finished = 0
         self.answer = None
         self.busy = False  # a deferred press has not returned yet
@@ -118,6 +120,22 @@ class WindowScript:
             out.append(doc)
         return out
 
+    @staticmethod
+    def _mask(layer) -> dict | None:
+        """The layer mask's share of selected pixels in the left and right quarters."""
+        mask = layer.get_mask()
+        if mask is None:
+            return None
+        raw = images.read_pixels(mask, 8)  # 3 equal channels from a grey mask
+        width, height = raw.width, raw.height
+        values = raw.pixels[0 :: raw.channels]
+
+        def share(x0, x1):
+            picked = [values[y * width + x] for y in range(height) for x in range(x0, x1)]
+            return sum(v > 127 for v in picked) / max(1, len(picked))
+
+        return {"left": share(0, width // 4), "right": share(width - width // 4, width)}
+
     # -- what the window tells ---------------------------------------------------------------
 
     def on_run(self, run_id: int) -> None:
@@ -126,6 +144,7 @@ class WindowScript:
 
     def on_preview(self, view, layer) -> None:
         self.previews += 1
+        self.run_previews[view.id] = self.run_previews.get(view.id, 0) + 1
         px = self._px_rgb(layer) if layer is not None else b""
         self.last_preview_px[view.id] = px
         photo = self.window.content_layer
@@ -146,9 +165,13 @@ class WindowScript:
                 "position": self.window.image.get_item_position(layer),
             },
             photo_position=self.window.image.get_item_position(photo),
+            mask=None if layer is None else self._mask(layer),
             diff_to_photo=_mean_abs_diff(px, self._px_rgb(photo)),
             selected=[s.get_name() for s in self.window.image.get_selected_layers()],
         )
+
+    def on_message(self, text: str) -> None:
+        self.log("message", text=text)
 
     def on_finished(self, view) -> None:
         self.finished += 1
@@ -191,10 +214,13 @@ class WindowScript:
 
         GLib.idle_add(press)
 
-    def _latest_row(self):
+    def _row(self, which):
+        """The row of a pending run: ``"last"`` (or true), ``"first"``."""
         rows = self.window._rows.values()
         pending = [row for row in rows if row.state not in ("done", "failed", "cancelled")]
-        return pending[-1] if pending else None
+        if not pending:
+            return None
+        return pending[0] if which == "first" else pending[-1]
 
     def _step(self, step: dict) -> bool:
         """Do or wait for ``step``; True when it is done."""
@@ -211,7 +237,7 @@ class WindowScript:
                     )
                 window.config.set_property(name, value)
         elif "keep" in step or "cancel" in step:
-            row = self._latest_row()
+            row = self._row(step.get("keep", step.get("cancel")))
             if row is None:
                 self.log("error", what="no pending run to press on", step=step)
                 return True
@@ -219,8 +245,9 @@ class WindowScript:
                 self.kept_from[row.run_id] = self.last_preview_px.get(row.run_id, b"")
             button = row.keep if "keep" in step else row.cancel
             self._press("keep" if "keep" in step else "cancel", button.clicked)
-        elif "wait_previews" in step:
-            return self.previews >= step["wait_previews"]
+        elif "wait_previews" in step:  # previews of the last run asked for ("of": another)
+            runs = self.run_ids[step.get("of", -1) :]
+            return bool(runs) and self.run_previews.get(runs[0], 0) >= step["wait_previews"]
         elif "wait_finished" in step:
             return self.finished >= step["wait_finished"]
         elif "wait_file" in step:
@@ -233,9 +260,21 @@ class WindowScript:
                 "state",
                 label=step["log"],
                 layers=self.layers(),
+                selection=images.alive(window.image) and not Gimp.Selection.is_empty(window.image),
                 message=window.message.get_text(),
                 history=[row.entry.layer_name for row in window.history.get_children()],
-                runs=[row.bar.get_text() for row in window._rows.values()],
+                runs=[
+                    {
+                        "id": run_id,
+                        "state": row.state,
+                        "text": row.bar.get_text(),
+                        "keep": row.keep.get_sensitive(),
+                        "cancel": row.cancel.get_sensitive(),
+                    }
+                    for run_id, row in window._rows.items()
+                ],
+                settings=remembered_settings(window.config),
+                presets=[row[1] for row in window.presets.get_model()],
             )
         elif "signal" in step:  # the host waits for this line, then acts (xdotool, screenshot)
             self.log("signal", name=step["signal"])
@@ -249,6 +288,12 @@ class WindowScript:
                     window.image.remove_layer(layer)
                     Gimp.displays_flush()
                     break
+        elif "select" in step:  # a rectangle in the photo's coordinates
+            x, y, width, height = step["select"]
+            offset_x, offset_y = window.content_layer.get_offsets()[1:]
+            window.image.select_rectangle(
+                Gimp.ChannelOps.REPLACE, offset_x + x, offset_y + y, width, height
+            )
         elif "before_after" in step:
             window.before_after.set_active(step["before_after"])
         elif "select_history" in step:

@@ -53,7 +53,7 @@ class RunTarget:
     source_bits: int
 
 
-def _settings(config) -> dict:
+def remembered_settings(config) -> dict:
     """The remembered options' values (option name -> value), as presets and records hold them."""
     return {option.name: config.get_property(option.name) for option in options.REMEMBERED}
 
@@ -317,7 +317,7 @@ class StudioWindow:
                 content_size=(content.width, content.height),
                 style_pngs=inputs.style_pngs,
                 paintings=inputs.paintings,
-                settings=_settings(self.config),
+                settings=remembered_settings(self.config),
                 source_id=self.content_layer.get_id(),
                 source_name=self.content_layer.get_name(),
                 mask_png=inputs.mask_png,
@@ -404,7 +404,7 @@ class StudioWindow:
     def _show_preview(self, view: ctl.RunView, png: bytes) -> None:
         target: RunTarget = view.target
         try:
-            shown = self.preview.show(_pixbuf(png), target.photo, target.mask)
+            shown = self.preview.show(_pixbuf(png), target.photo, target.above, target.mask)
         except GLib.Error as exc:  # e.g. a floating selection: no layer can be added now
             self.say(f"The preview could not be shown: {exc.message}")
             return
@@ -422,6 +422,9 @@ class StudioWindow:
         notes = [f"{note}." for note in result.notes]
         if not images.alive(target.photo):
             notes.append("The photo layer was deleted, so the result was added on top.")
+        place = (
+            images.landing_place(self.image, target.above) if images.alive(target.above) else None
+        )
         try:
             layer = images.insert_result(
                 self.image,
@@ -431,6 +434,7 @@ class StudioWindow:
                 result.image,
                 result.record,
                 target.mask,
+                place,
             )
         except nst_client.NstError as exc:
             self.say(str(exc), error=True)
@@ -554,7 +558,7 @@ class StudioWindow:
         name = self.presets.get_active_id()
         if name:
             try:
-                self._apply(self.controller.apply_preset(name, _settings(self.config)))
+                self._apply(self.controller.apply_preset(name, remembered_settings(self.config)))
             except nst_client.NstError as exc:
                 self.say(str(exc), error=True)
                 return
@@ -563,7 +567,7 @@ class StudioWindow:
     def _on_save_preset(self) -> None:
         name = " ".join(self.preset_name.get_text().split())
         try:
-            self.controller.save_preset(name, _settings(self.config))
+            self.controller.save_preset(name, remembered_settings(self.config))
         except nst_client.NstError as exc:
             self.say(str(exc), error=True)
             return
@@ -629,7 +633,10 @@ class StudioWindow:
         pending = len(self.controller.pending())
         if pending:
             runs = "its run was" if pending == 1 else f"its {pending} runs were"
-            Gimp.message(f"Neural Style: the image was closed, so {runs} cancelled.")
+            text = f"Neural Style: the image was closed, so {runs} cancelled."
+            Gimp.message(text)
+            for observer in self.observers:
+                observer.on_message(text)
         if self.question is not None:
             self.question.response(CANCEL_THEM)
         self.closing = True
