@@ -1,17 +1,19 @@
 """The real GIMP (GUI, not gimp-console) under Xvfb in a GIMP 3 chroot, with the plug-in's window
 open and scripted: for the window's end-to-end tests, the screenshots and the preview timing.
 
-    session = GuiSession.start(release, profile, server_url, token, {"Photo": steps})
-    session.wait_event("signal", name="edit")     # the window's test hook logged it
+    session = GuiSession.start(release, profile, server_url, {"Photo": steps})
+    session.open_window()                           # GIMP's action search: "Neural Style"
+    session.wait_event("signal", name="edit")       # the window's test hook logged it
     session.keys("shift+ctrl+d")                    # the artist, in GIMP's image window
     session.touch("edited")                         # the hook's "wait_file" step goes on
-    session.wait_returned()                         # the window closed; the batch call returned
+    session.wait_event("closed")                    # the window closed
     session.stop()                                  # GIMP and Xvfb ended by pid, /proc unmounted
 
-GIMP runs tests/gimp/window_batch.py (opens the images, then the plug-in INTERACTIVE); the
-plug-in's test hook (gimp_plugin/neural_style/nst_gimp/script.py) follows the steps given here
-and logs each run, preview and end as JSON lines, which the tests read. xdotool presses keys in
-GIMP's own image window as the artist would. GIMP 3.2's GUI needs /proc in the chroot (its icon
+GIMP runs tests/gimp/window_batch.py (opens the images with a display each) and stays open;
+the window is opened from GIMP's own UI, as an artist would. The plug-in's test hook
+(gimp_plugin/neural_style/nst_gimp/script.py) follows the steps given here and logs each run,
+preview and end as JSON lines, which the tests read. xdotool presses keys in GIMP's own image
+window as the artist would. GIMP 3.2's GUI needs /proc in the chroot (its icon
 loader's sandbox): mounted for the session only when it is not already, and unmounted after.
 """
 
@@ -106,9 +108,12 @@ class GuiSession:
         shutil.copy(SHARED_IMAGES / "content" / "tubingen.jpg", outside / "content.jpg")
         shutil.copy(SHARED_IMAGES / "style" / "starry_night.jpg", outside / "style.jpg")
         logs = {photo: outside / f"window-{i}.jsonl" for i, photo in enumerate(windows)}
+        # An interactive run starts from GIMP's last-used values (an earlier session's server
+        # and painting too): each window is pointed at this session's first.
+        first = {"set": {"server-url": server_url, "style-layer": "Starry Night"}}
         script = {
             "windows": {
-                photo: {"log": f"{inside}/{logs[photo].name}", "steps": steps}
+                photo: {"log": f"{inside}/{logs[photo].name}", "steps": [first, *steps]}
                 for photo, steps in windows.items()
             }
         }
@@ -125,7 +130,6 @@ class GuiSession:
             "DISPLAY": f":{display}",
             "GIMP3_DIRECTORY": f"{profile[1]}/profile",
             "NST_E2E_DIR": inside,
-            "NST_E2E_URL": server_url,
             "NST_E2E_SIZE": str(size),
             "NST_WINDOW_IMAGES": str(images),
             "NST_WINDOW_SCRIPT": f"{inside}/script.json",
@@ -247,10 +251,19 @@ class GuiSession:
 
         return self._wait(found, timeout, f"{event} {match} in the {photo} window's log")
 
-    def wait_returned(self, timeout: float = 120.0) -> dict:
-        return self._wait(
-            lambda: self.batch_markers().get("returned"), timeout, "the window to close"
-        )
+    def open_window(self, image: int | None = None, photo: str = "Photo") -> None:
+        """Filters > Artistic > Neural Style... on the active image (``image``: first switch to
+        GIMP's n-th image, Alt+n), found with GIMP's action search as an artist might."""
+        self._wait(lambda: self.batch_markers().get("displayed"), START_TIMEOUT_S, "the images")
+        if image is not None:
+            self.keys(f"alt+{image}")
+        self.keys("slash", pause=1.0)
+        search = self.window("^Search Actions$")  # no window manager: focus it by hand
+        self.x("xdotool", "windowfocus", search)
+        self.x("xdotool", "type", "--delay", "50", "Neural Style")
+        time.sleep(1.5)
+        self.x("xdotool", "key", "Return")
+        self.wait_event("script", photo=photo, timeout=60)
 
     def touch(self, name: str) -> None:
         (self.outside / name).touch()

@@ -140,6 +140,7 @@ def test_window_preview_keep_undo_cancel_history_presets(
     started = time.monotonic()
     session = GuiSession.start(gui_release, gui_profile, real_server.url, {"Photo": steps})
     try:
+        session.open_window()
         session.wait_event("signal", name="edit")
         session.keys("shift+ctrl+d", "ctrl+a", "shift+ctrl+a")
         session.touch("edited")
@@ -152,7 +153,7 @@ def test_window_preview_keep_undo_cancel_history_presets(
         session.wait_event("signal", name="redo", timeout=60)
         session.keys("ctrl+y")
         session.touch("redone")
-        returned = session.wait_returned(timeout=120)
+        closed = session.wait_event("closed", timeout=120)
         events = session.events()
         markers = session.batch_markers()
     finally:
@@ -233,8 +234,7 @@ def test_window_preview_keep_undo_cancel_history_presets(
     assert "Test look" not in states["preset-deleted"]["presets"]
 
     # Closed with a run pending, answered "let them finish": it landed after the window went.
-    assert returned["status"] == "success", returned
-    final = returned["layers"][0]
+    final = closed["layers"]
     assert final[-1] == "Photo" and "Neural Style preview" not in final, final
     assert sum(name.startswith("Neural Style (") for name in final) == 3, final
 
@@ -268,9 +268,10 @@ def test_server_stopping_mid_run(
     ]
     session = GuiSession.start(gui_release, gui_profile, own_server.url, {"Photo": steps})
     try:
+        session.open_window()
         session.wait_event("signal", name="stop-server")
         own_server.kill9()
-        returned = session.wait_returned(timeout=120)
+        closed = session.wait_event("closed", timeout=120)
         events = session.events()
     finally:
         session.stop()
@@ -282,7 +283,7 @@ def test_server_stopping_mid_run(
     assert "stopped or restarted" in end["error"], end
     assert "stopped or restarted" in states["after"]["message"]
     assert names(states["after"]["layers"]) == ["Starry Night", "Photo"]
-    assert returned["layers"][0] == ["Starry Night", "Photo"]
+    assert closed["layers"] == ["Starry Night", "Photo"]
 
 
 @pytest.mark.slow
@@ -304,7 +305,8 @@ def test_style_layer_deleted_while_running(
     ]
     session = GuiSession.start(gui_release, gui_profile, real_server.url, {"Photo": steps})
     try:
-        returned = session.wait_returned(timeout=120)
+        session.open_window()
+        closed = session.wait_event("closed", timeout=120)
         events = session.events()
     finally:
         session.stop()
@@ -314,7 +316,7 @@ def test_style_layer_deleted_while_running(
     assert names(states["landed"]["layers"]) == ["Neural Style (Starry Night)", "Photo"]
     assert "style layer was deleted" in states["refused"]["message"]
     assert sum(e["event"] == "run" for e in events) == 1  # the second Run queued nothing
-    assert returned["layers"][0] == ["Neural Style (Starry Night)", "Photo"]
+    assert closed["layers"] == ["Neural Style (Starry Night)", "Photo"]
 
 
 @pytest.mark.slow
@@ -328,21 +330,18 @@ def test_image_closed_while_running(
     steps = [{"set": LONG}, {"run": True}, {"wait_previews": 2}, {"signal": "close-image"}]
     session = GuiSession.start(gui_release, gui_profile, real_server.url, {"Photo": steps})
     try:
+        session.open_window()
         session.wait_event("signal", name="close-image")
         session.keys("ctrl+w")
-        # A changed image asks first; GIMP's own question: discard the changes.
-        question = session.x(
-            "xdotool", "search", "--onlyvisible", "--name", "^Close ", check=False
-        ).split()
-        if question:
-            session.x("xdotool", "windowfocus", question[0])
-            session.x("xdotool", "key", "--clearmodifiers", "ctrl+d")
-        returned = session.wait_returned(timeout=60)
+        # GIMP's own question first (the preview layer made the image "changed"): discard.
+        question = session.window("^Close ")
+        session.x("xdotool", "windowfocus", question)
+        session.x("xdotool", "key", "--clearmodifiers", "ctrl+d")
+        closed = session.wait_event("closed", timeout=60)
         message = session.wait_event("message", timeout=10)
     finally:
         session.stop()
-    assert returned["status"] == "success"
-    assert returned["layers"] == [None]  # the image is gone
+    assert closed["image_closed"] is True
     assert message["text"] == "Neural Style: the image was closed, so its run was cancelled."
     deadline = time.monotonic() + 20
     while log.read_text().count("cancelled by the client (while running)") == cancelled_before:
@@ -377,17 +376,13 @@ def test_two_images_each_with_its_window(
         gui_release, gui_profile, real_server.url, {"Photo": first, "Photo 2": second}, images=2
     )
     try:
+        session.open_window(image=1, photo="Photo")
         session.wait_event("signal", name="open-second")
-        # The second image's display is the active one: Filters > ... by GIMP's action search.
-        session.keys("slash", pause=1.5)
-        session.x("xdotool", "type", "--delay", "60", "Neural Style")
-        time.sleep(1.5)
-        session.x("xdotool", "key", "Return")
-        session.wait_event("script", photo="Photo 2", timeout=60)
+        session.open_window(image=2, photo="Photo 2")  # while the first window is open
         session.touch("second-open")
-        session.wait_event("script-end", photo="Photo 2", timeout=120)
+        session.wait_event("closed", photo="Photo 2", timeout=120)
         session.touch("second-done")
-        returned = session.wait_returned(timeout=120)
+        session.wait_event("closed", photo="Photo", timeout=120)
         one, two = session.events("Photo"), session.events("Photo 2")
     finally:
         session.stop()
@@ -396,7 +391,5 @@ def test_two_images_each_with_its_window(
         assert previews, photo
         done = by_label(events)["done"]["layers"]
         assert names(done) == ["Starry Night", "Neural Style (Starry Night)", photo], done
-    assert returned["layers"] == [
-        ["Starry Night", "Neural Style (Starry Night)", "Photo"],
-        ["Starry Night", "Neural Style (Starry Night)", "Photo 2"],
-    ]
+        closed = next(e for e in events if e["event"] == "closed")
+        assert closed["layers"] == ["Starry Night", "Neural Style (Starry Night)", photo]

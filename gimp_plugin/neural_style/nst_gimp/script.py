@@ -170,6 +170,15 @@ class WindowScript:
             selected=[s.get_name() for s in self.window.image.get_selected_layers()],
         )
 
+    def on_closed(self) -> None:
+        window = self.window
+        alive = not window.image_closed()
+        self.log(
+            "closed",
+            layers=[layer["name"] for layer in self.layers()] if alive else None,
+            image_closed=not alive,
+        )
+
     def on_message(self, text: str) -> None:
         self.log("message", text=text)
 

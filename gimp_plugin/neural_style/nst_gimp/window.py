@@ -133,6 +133,9 @@ class StudioWindow:
         self.content_layer = content_layer
         self.installed = installed
         self.preview = PreviewLayer(image)
+        # The view the window was opened from: while a plug-in runs, GIMP keeps a closed
+        # image alive (the call holds it), so its view going is how the window sees the close.
+        self.display = Gimp.default_display()
         self.closing = False
         self.observers = []  # the test hook (script.py): told of previews and run ends
         self.question = None  # the "Cancel them?" dialog while it is up
@@ -278,6 +281,8 @@ class StudioWindow:
         Gtk.main()
         self.preview.remove()
         self.dialog.destroy()
+        for observer in self.observers:
+            observer.on_closed()
 
     def say(self, text: str, error: bool = False) -> None:
         markup = html.escape(text)
@@ -414,7 +419,7 @@ class StudioWindow:
 
     def _land(self, view: ctl.RunView, result: ctl.Result) -> None:
         target: RunTarget = view.target
-        if not images.alive(self.image):
+        if self.image_closed():
             return
         name = result.layer_name + (
             images.precision_note(result.image.bit_depth, target.source_bits) or ""
@@ -626,9 +631,14 @@ class StudioWindow:
             question.destroy()
         return answer if answer in (CANCEL_THEM, LET_THEM_FINISH) else STAY
 
+    def image_closed(self) -> bool:
+        if not images.alive(self.image):
+            return True
+        return self.display is not None and not images.alive(self.display)
+
     def _watch_image(self) -> bool:
         """A closed image takes its runs with it: cancel them on the server and say so."""
-        if images.alive(self.image):
+        if not self.image_closed():
             return GLib.SOURCE_CONTINUE
         pending = len(self.controller.pending())
         if pending:
