@@ -96,6 +96,7 @@ class GuiSession:
         *,
         images: int = 1,
         size: int = 128,
+        stale_preview: bool = False,
         screen: tuple[int, int] = (1400, 1000),
     ) -> GuiSession:
         """GIMP with the window open on the first image; ``windows``: the hook's steps for the
@@ -132,6 +133,7 @@ class GuiSession:
             "NST_E2E_DIR": inside,
             "NST_E2E_SIZE": str(size),
             "NST_WINDOW_IMAGES": str(images),
+            "NST_WINDOW_STALE_PREVIEW": "1" if stale_preview else "",
             "NST_WINDOW_SCRIPT": f"{inside}/script.json",
         }
         prefix = ["chroot", str(root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items())]

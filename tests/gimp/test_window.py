@@ -77,12 +77,14 @@ def undo_steps(count: int) -> list[dict]:
 def test_window_preview_keep_undo_cancel_history_presets(
     gui_release: GimpRelease, gui_profile: tuple, real_server: RealServer
 ) -> None:
-    """The preview appears over the photo and changes; the artist edits GIMP meanwhile; Keep
+    """A preview layer left behind is removed at the start; the preview appears over the photo
+    and changes; the artist edits GIMP meanwhile; Keep
     gives the picture of that moment; the undo history holds the artist's three steps and one
     for the result; Cancel leaves layers and undo (redo too) as they were; a selection masks
     the preview as the result; history restores and reruns; the queue; presets; closing with a
     run pending and letting it finish."""
     steps = [
+        {"log": "opened"},
         {"set": LONG},
         {"run": True},
         {"wait_previews": 1},
@@ -109,6 +111,10 @@ def test_window_preview_keep_undo_cancel_history_presets(
         {"run": True},
         {"wait_previews": 2},
         {"log": "masked-preview"},
+        {"before_after": True},
+        {"log": "before"},
+        {"before_after": False},
+        {"log": "after"},
         {"keep": True},
         {"wait_finished": 3},
         {"log": "masked-kept"},
@@ -138,7 +144,9 @@ def test_window_preview_keep_undo_cancel_history_presets(
         {"close": "finish"},
     ]
     started = time.monotonic()
-    session = GuiSession.start(gui_release, gui_profile, real_server.url, {"Photo": steps})
+    session = GuiSession.start(
+        gui_release, gui_profile, real_server.url, {"Photo": steps}, stale_preview=True
+    )
     try:
         session.open_window()
         session.wait_event("signal", name="edit")
@@ -163,6 +171,9 @@ def test_window_preview_keep_undo_cancel_history_presets(
     states = by_label(events)
     previews = [e for e in events if e["event"] == "preview"]
     ends = {e["id"]: e for e in events if e["event"] == "finished"}
+
+    # A preview layer a killed plug-in left behind was removed when the window opened.
+    assert names(states["opened"]["layers"]) == ["Starry Night", "Photo"]
 
     # The preview: the photo's size and offsets, right above it, the artist's selection kept.
     first = previews[0]
@@ -209,6 +220,12 @@ def test_window_preview_keep_undo_cancel_history_presets(
     masked = [p for p in previews if p["id"] == 3]
     assert masked and all(p["mask"] for p in masked), masked
     assert masked[-1]["mask"]["left"] > 0.9 and masked[-1]["mask"]["right"] < 0.1
+    # Before/after: the preview hidden shows the photo, and back.
+    toggled = [
+        [layer["visible"] for layer in states[label]["layers"] if layer["preview"]]
+        for label in ("before", "after")
+    ]
+    assert toggled == [[False], [True]], toggled
     masked_result = states["masked-kept"]["layers"][2]
     assert masked_result["has_mask"] and masked_result["record"]["strength"] == 80.0
 

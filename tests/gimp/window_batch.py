@@ -12,6 +12,8 @@
 #   NST_E2E_DIR        folder inside the chroot with content.jpg, style.jpg, style2.jpg
 #   NST_E2E_SIZE       long side of the photo in pixels (0: as the file is)
 #   NST_WINDOW_IMAGES  how many images to open (1 or 2)
+#   NST_WINDOW_STALE_PREVIEW  1: the first image also has a marked preview layer, as a killed
+#                      plug-in leaves it (the plug-in removes it when it starts)
 import json
 import os
 
@@ -32,7 +34,22 @@ def load(name):
     )
 
 
-def build_image(photo_name):
+def add_stale_preview(image, photo):
+    """A preview layer as a killed plug-in (or an XCF saved mid-run) leaves it: marked."""
+    layer = Gimp.Layer.new(
+        image,
+        "Neural Style preview",
+        photo.get_width(),
+        photo.get_height(),
+        Gimp.ImageType.RGB_IMAGE,
+        100.0,
+        Gimp.LayerMode.NORMAL,
+    )
+    layer.attach_parasite(Gimp.Parasite.new("neural-style-preview", Gimp.PARASITE_PERSISTENT, b"1"))
+    image.insert_layer(layer, None, 0)
+
+
+def build_image(photo_name, stale_preview=False):
     image = load("content.jpg")
     w, h = image.get_width(), image.get_height()
     if SIZE:
@@ -52,8 +69,11 @@ def build_image(photo_name):
     style.scale(w, h, False)
     style.set_offsets(*OFFSET)
     style.set_visible(False)
+    if stale_preview:
+        add_stale_preview(image, photo)
     image.set_selected_layers([photo])
-    # An image a plug-in loads has its undo disabled; the artist's image has it on.
+    # An image a plug-in loads has its undo disabled; the artist's image has it on (from here:
+    # what was made so far is how the image was opened, not undo steps).
     while not image.undo_is_enabled():
         image.undo_enable()
     image.clean_all()
@@ -62,7 +82,7 @@ def build_image(photo_name):
 
 
 emit("gimp", {"version": Gimp.version()})
-built = [build_image("Photo")]
+built = [build_image("Photo", stale_preview=bool(os.environ.get("NST_WINDOW_STALE_PREVIEW")))]
 if int(os.environ.get("NST_WINDOW_IMAGES", "1")) > 1:
     built.append(build_image("Photo 2"))
 Gimp.displays_flush()
