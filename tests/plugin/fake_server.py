@@ -61,6 +61,9 @@ class FakeState:
         self.finished: list[str] = []  # ids a finish was asked for
         self.previews: list[tuple[str, int, int]] = []  # (job id, width, height) served
         self.status_delay = 0.0  # seconds each status answer takes
+        #: None: a running job moves one step per poll; else one step every step_s seconds
+        #: (previews are then paced by the clock, as the real engine's are)
+        self.step_s: float | None = None
         self.status_active = 0
         self.status_max_active = 0  # most status requests in flight at once
         self.lock = threading.Lock()
@@ -275,12 +278,15 @@ def _advance(state: FakeState, job: dict[str, Any]) -> dict[str, Any]:
         if job["state"] == "queued" and job["polls"] > state.queued_polls:
             job["state"] = "running"
         elif job["state"] == "running":
+            if state.step_s is not None and not job["finish"]:
+                elapsed = time.monotonic() - job.setdefault("running_since", time.monotonic())
+                job["step"] = min(state.steps, int(elapsed / state.step_s))
             if job["finish"]:
                 job["state"], job["finished_early"] = "done", True
             elif job["step"] >= state.steps:
                 job["state"] = "failed" if state.fail_with else "done"
                 job["error"] = state.fail_with
-            else:
+            elif state.step_s is None:
                 job["step"] += 1
         step = job["step"]
         progress = {

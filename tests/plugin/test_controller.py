@@ -337,3 +337,70 @@ def test_which_paintings_to_read() -> None:
     pick = nst_client.StudioController.styles_to_send
     assert pick({"style-blend": 0.0}, False, True) == ["style-layer"]
     assert pick({"style-blend": 30.0}, True, True) == ["style-file", "style-layer-2"]
+
+
+# ------------------------------------------------------------------ pace, warm-up, server change
+
+
+def test_previews_are_asked_for_at_most_once_per_interval(fake, make) -> None:
+    """Quick steps: the pictures are paced (each costs the server an encoding and GIMP a layer
+    update), yet keep coming while the run goes."""
+    fake.steps, fake.step_s = 50, 0.02  # a second's run
+    seen: list[float] = []
+    controller, events = make(preview_size=16, preview_every_s=0.25)
+
+    def timed(event: nst_client.Event) -> None:
+        if event.kind == ctl.PREVIEW:
+            seen.append(time.monotonic())
+        events(event)
+
+    controller._notify = timed
+    started = time.monotonic()
+    run_id = controller.submit(request(0))
+    assert controller.wait_idle(30)
+    took = time.monotonic() - started
+    assert events.finished(run_id).run.state == ctl.DONE
+    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    assert len(seen) >= 2 and all(gap >= 0.2 for gap in gaps), gaps
+    assert len(seen) <= took / 0.25 + 1
+    assert len(fake.previews) == len(seen) < fake.steps / 5  # not one a step
+
+
+def test_a_slow_step_gets_its_picture_when_it_is_done(fake, make) -> None:
+    """Steps slower than the pace: every finished step's picture is shown."""
+    fake.steps, fake.step_s = 4, 0.3
+    controller, events = make(preview_size=16, preview_every_s=0.1)
+    run_id = controller.submit(request(0))
+    assert controller.wait_idle(30)
+    steps = [int(e.run.text.split("step ")[1].split("/")[0]) for e in events.of(ctl.PREVIEW)]
+    assert events.finished(run_id).run.state == ctl.DONE
+    assert steps == [1, 2, 3], steps  # the 4th ends the job: its picture is the result
+
+
+def test_warm_up_asks_the_server_before_the_first_run(fake, make) -> None:
+    """While the artist chooses: health and parameters asked once, so Run goes straight to
+    sending the images."""
+    controller, events = make(warm_up=True)
+    wait_for(lambda: ("GET", "/v1/params") in fake.requests)
+    assert ("GET", "/v1/health") in fake.requests
+    controller.submit(request(0))
+    assert controller.wait_idle(30)
+    assert fake.requests.count(("GET", "/v1/params")) == 1
+
+
+def test_another_server_only_between_runs(fake, make) -> None:
+    fake.steps = 30
+    controller, events = make()
+    first = nst_client.NstClient(fake.url)
+    controller.client = first
+    run_id = controller.submit(request(0))
+    with pytest.raises(nst_client.NstError, match="Wait for the pending runs"):
+        controller.use_client(nst_client.NstClient("http://127.0.0.1:9"))
+    assert controller.client is first
+    controller.cancel(run_id)
+    assert controller.wait_idle(30)
+    unreachable = nst_client.NstClient("http://127.0.0.1:9")
+    controller.use_client(unreachable)
+    second = controller.submit(request(1))
+    assert controller.wait_idle(30)
+    assert "Cannot reach" in events.finished(second).run.error  # it went to the new one
