@@ -60,6 +60,7 @@ class FakeState:
         self.has_finish = True  # False: a server from before POST /v1/jobs/<id>/finish
         self.finished: list[str] = []  # ids a finish was asked for
         self.previews: list[tuple[str, int, int]] = []  # (job id, width, height) served
+        self.preview_asked: list[float] = []  # when each preview request arrived
         self.status_delay = 0.0  # seconds each status answer takes
         #: None: a running job moves one step per poll; else one step every step_s seconds
         #: (previews are then paced by the clock, as the real engine's are)
@@ -174,6 +175,7 @@ def make_handler(state: FakeState) -> type[BaseHTTPRequestHandler]:
                     state.status_active -= 1
 
         def _preview(self, job: dict[str, Any], size: int) -> None:
+            state.preview_asked.append(time.monotonic())
             if job["step"] == 0:
                 self._error(409, "no_preview", "no preview yet")
                 return
