@@ -25,6 +25,7 @@ import time
 import gi
 
 gi.require_version("Gimp", "3.0")
+import nst_client
 from gi.repository import Gimp, GLib
 
 from . import images
@@ -64,6 +65,7 @@ class WindowScript:
         self.log_path = log_path
         self.started = time.monotonic()
         self.previews = 0
+        self.export_dir = None
         self.run_previews: dict[int, int] = {}
         self.finished = 0
         self.answer = None
@@ -76,7 +78,12 @@ class WindowScript:
     # -- log -----------------------------------------------------------------------------
 
     def log(self, event: str, **fields) -> None:
-        line = {"t": round(time.monotonic() - self.started, 3), "event": event, **fields}
+        line = {
+            "t": round(time.monotonic() - self.started, 3),
+            "wall": round(time.time(), 3),  # to line up with the server's log
+            "event": event,
+            **fields,
+        }
         with open(self.log_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line) + "\n")
 
@@ -145,6 +152,10 @@ class WindowScript:
     def on_preview(self, view, layer) -> None:
         self.previews += 1
         self.run_previews[view.id] = self.run_previews.get(view.id, 0) + 1
+        if self.export_dir and layer is not None:  # frames for the README's animation
+            path = os.path.join(self.export_dir, f"frame-{self.previews:03d}.png")
+            with open(path, "wb") as handle:
+                handle.write(nst_client.encode_png(images.read_pixels(layer, 8)))
         px = self._px_rgb(layer) if layer is not None else b""
         self.last_preview_px[view.id] = px
         photo = self.window.content_layer
@@ -303,6 +314,9 @@ class WindowScript:
             window.image.select_rectangle(
                 Gimp.ChannelOps.REPLACE, offset_x + x, offset_y + y, width, height
             )
+        elif "export_previews" in step:
+            self.export_dir = os.path.join(os.path.dirname(self.log_path), step["export_previews"])
+            os.makedirs(self.export_dir, exist_ok=True)
         elif "before_after" in step:
             window.before_after.set_active(step["before_after"])
         elif "select_history" in step:
