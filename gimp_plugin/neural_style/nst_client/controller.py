@@ -459,7 +459,11 @@ class StudioController:
         the first Run goes straight to work. A failure here is reported by the run itself."""
         client = self.client
         with contextlib.suppress(NstError):
-            ensure_server(client, self._start_command)
+            ensure_server(
+                client,
+                self._start_command,
+                report=lambda text: self._notify(Event(MESSAGE, message=text)),
+            )
             schema = client.params()
             if self.client is client:
                 self._schema = schema

@@ -77,10 +77,13 @@ class WindowScript:
 
     # -- log -----------------------------------------------------------------------------
 
-    def log(self, event: str, **fields) -> None:
+    def log(self, event: str, at: float | None = None, **fields) -> None:
+        """One line; ``at``: when it happened (time.monotonic()), if not now."""
+        now = time.monotonic()
+        at = now if at is None else at
         line = {
-            "t": round(time.monotonic() - self.started, 3),
-            "wall": round(time.time(), 3),  # to line up with the server's log
+            "t": round(at - self.started, 3),
+            "wall": round(time.time() - (now - at), 3),  # to line up with the server's log
             "event": event,
             **fields,
         }
@@ -150,6 +153,7 @@ class WindowScript:
         self.log("run", id=run_id)
 
     def on_preview(self, view, layer) -> None:
+        shown = time.monotonic()  # the measures below take a while: not part of the timing
         self.previews += 1
         self.run_previews[view.id] = self.run_previews.get(view.id, 0) + 1
         if self.export_dir and layer is not None:  # frames for the README's animation
@@ -161,6 +165,7 @@ class WindowScript:
         photo = self.window.content_layer
         self.log(
             "preview",
+            at=shown,
             n=self.previews,
             id=view.id,
             text=view.text,

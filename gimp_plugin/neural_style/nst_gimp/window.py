@@ -384,6 +384,8 @@ class StudioWindow:
                 self._land(view, event.result)
             elif view.state == ctl.FAILED:
                 self.say(view.error or "The run failed", error=True)
+                if self.closing:  # the window is gone: GIMP's own message instead
+                    Gimp.message(f"Neural Style: {view.error or 'the run failed'}")
             for observer in self.observers:
                 observer.on_finished(view)
             self._trim_rows()
