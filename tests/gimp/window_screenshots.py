@@ -2,12 +2,13 @@
 
     /work/main/.venv/bin/python tests/gimp/window_screenshots.py [OUT_DIR] [--gimp 3.0]
 
-A 640 px photo with the painting as a layer; a first run (Draft) is kept, so the history has an
-entry; a second run at Standard quality is photographed in the middle: GIMP's window with the
+A 640 px photo with the painting as a layer; two runs at Draft quality are kept, so the history
+has entries; a second run at Standard quality is photographed in the middle: GIMP's window with the
 preview on the canvas beside the Neural Style window (its run, progress and history). Every
-preview of that run is exported as it landed on the canvas, and (up to 40 of) the frames become
-an animated WebP (ImageMagick in the chroot). Writes window.png, preview.webp and the frames
-to OUT_DIR (default /tmp/nst-gimp-e2e/window); look at them before they go into docs/.
+preview of that run is exported as it landed on the canvas; the early ones and every 5th after
+become an animated WebP (ImageMagick in the chroot). Writes window.png (and a JPEG of it),
+preview.webp and the frames to OUT_DIR (default /tmp/nst-gimp-e2e/window); look at them before
+they go into docs/.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,6 +32,7 @@ from tests.live_server import LiveServer  # noqa: E402
 SCREEN = (1940, 1050)
 GIMP_WIDTH = 1150
 SHOT_AFTER_PREVIEWS = 14
+EARLY_FRAMES = 16
 
 
 def main() -> int:
@@ -52,13 +55,16 @@ def main() -> int:
         {"set": {"quality": "draft", "iterations": 0, "max-size": 0, "seed": 3}},
         {"run": True},
         {"wait_finished": 1},
+        {"set": {"seed": 4, "strength": 80.0}},
+        {"run": True},
+        {"wait_finished": 2},
         {"set": {"quality": "standard", "seed": 7, "strength": 60.0}},
         {"export_previews": "frames"},
         {"run": True},
         {"wait_previews": SHOT_AFTER_PREVIEWS},
         {"signal": "shoot"},
         {"wait_file": "shot"},
-        {"wait_finished": 2},
+        {"wait_finished": 3},
         {"close": "cancel"},
     ]
     session = GuiSession.start(
@@ -67,34 +73,52 @@ def main() -> int:
     try:
         session.open_window()
         session.place(session.image_window(), 0, 0, GIMP_WIDTH, SCREEN[1])
+        window = session.window("^Neural Style$")
+        session.place(window, GIMP_WIDTH + 10, 0)
+        width = int(
+            session.x("xdotool", "getwindowgeometry", window).split("Geometry: ")[1].split("x")[0]
+        )
+        session.place(window, GIMP_WIDTH + 10, 0, width, SCREEN[1])  # the history gets the room
+        session.x("xdotool", "mousemove", str(SCREEN[0] - 5), str(SCREEN[1] - 5))  # no tooltips
         session.wait_event("signal", name="shoot", timeout=900)
-        session.place(session.window("^Neural Style$"), GIMP_WIDTH + 10, 0)
-        session.x("sleep", "1")
+        # Right after a preview landed, before the next one (a second later) is being scaled.
+        time.sleep(0.4)
         session.screenshot(out / "window.png")
+        session.x(
+            "convert",
+            f"{session.inside}/shot.png",
+            "-quality",
+            "88",
+            f"{session.inside}/window.jpg",
+        )
+        shutil.copy(session.outside / "window.jpg", out / "window.jpg")
         session.touch("shot")
         session.wait_event("closed", timeout=900)
         frames = session.outside / "frames"
         shutil.rmtree(out / "frames", ignore_errors=True)
         shutil.copytree(frames, out / "frames")
-        # At most 40 frames of 0.3 s, the last one held; lossy WebP keeps it small.
+        # The picture changes most at first: every early frame, then every 5th, the last one
+        # held; 480 px wide, lossy WebP keeps it small.
         names = sorted(p.name for p in frames.glob("frame-*.png"))
-        names = names[:: max(1, len(names) // 40)] + names[-1:]
+        names = names[:EARLY_FRAMES] + names[EARLY_FRAMES:-1:5] + names[-1:]
         session.x(
             "convert",
             "-delay",
-            "30",
+            "35",
             "-loop",
             "0",
             *(f"{session.inside}/frames/{name}" for name in names[:-1]),
             "-delay",
-            "200",
+            "250",
             f"{session.inside}/frames/{names[-1]}",
+            "-resize",
+            "440x",
             "-quality",
-            "80",
+            "60",
             f"{session.inside}/preview.webp",
         )
         shutil.copy(session.outside / "preview.webp", out / "preview.webp")
-        print(f"wrote {out / 'window.png'}, {out / 'preview.webp'} ({len(names)} frames)")
+        print(f"wrote {out}: window.png, window.jpg, preview.webp ({len(names)} frames)")
     finally:
         session.stop()
         shutil.rmtree(profile[0], ignore_errors=True)
