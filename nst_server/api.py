@@ -137,8 +137,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     engine = app.config["ENGINE"]
     if engine is None:
         from nst_server.engine import StyleEngine  # imports TensorFlow: only when needed
+        from nst_server.weights import WeightsSource, resolve_weights
 
-        engine = StyleEngine(app.config["WEIGHTS"])
+        weights = app.config["WEIGHTS"]
+        engine = StyleEngine(
+            weights if isinstance(weights, WeightsSource) else resolve_weights(weights)
+        )
     queue = JobQueue(
         engine,
         capacity=int(app.config["QUEUE_SIZE"]),
