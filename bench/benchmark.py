@@ -37,10 +37,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.baseline_tf_tutorial import run_baseline  # noqa: E402
 from nst_server.engine import Cancelled, Progress, StyleEngine  # noqa: E402
-from nst_server.engine.core import lbfgs_options  # noqa: E402
 from nst_server.engine.planning import fit_size, scale_schedule  # noqa: E402
 from nst_server.params import StyleParams  # noqa: E402
+from nst_server.weights import resolve_weights  # noqa: E402
 from tests.conftest import SHARED_IMAGES, load_rgb  # noqa: E402
+from tests.engine.scipy_reference import ScipyLBFGSB, lbfgs_options  # noqa: E402
 from tests.live_server import LiveServer, import_nst_client  # noqa: E402
 
 nst_client = import_nst_client()  # the plug-in's HTTP client: standard library only
@@ -537,7 +538,7 @@ def cold_engine_edits(
     """First and second edit on an engine loaded WITHOUT the start-up warm-up (VGG19 built,
     nothing compiled): what the first edit would cost if the server did not compile at start."""
     log(f"  in-process engine without the start-up warm-up, {size} px, {steps} steps")
-    cold = StyleEngine()
+    cold = StyleEngine(resolve_weights())
     cold.load(warm_up=False)
     p = params_for(cold, size, steps)
     times = []
@@ -640,41 +641,81 @@ def lbfgs_host_cost(height: int, width: int, iterations: int = 20) -> tuple[floa
     return per_iter, per_fun, first_call[0] - started
 
 
-def ours_lbfgs_host_cost(height: int, width: int, iterations: int = 20) -> tuple[float, float]:
-    """(s per iteration, of which the function) of nst_server.engine.lbfgs on the same trivial
-    quadratic as ``lbfgs_host_cost``: the optimiser's own work per iteration (two-loop recursion
-    over 20 pairs, projection, Armijo test), here on the CPU, on a GPU on the device."""
+def ours_lbfgs_host_cost(
+    height: int, width: int, iterations: int = 20, *, compiled: bool = True
+) -> tuple[float, float]:
+    """(s per iteration, of which the function) of our L-BFGS on the same trivial quadratic as
+    ``lbfgs_host_cost``: the optimiser's own work per iteration (two-loop recursion over 20
+    pairs, projection, line search), here on the CPU, on a GPU on the device. ``compiled``: the
+    engine's (one ``tf.function`` per iteration); else the eager one it replaced."""
     import tensorflow as tf
 
-    from nst_server.engine import lbfgs
-    from nst_server.engine.core import LBFGS_MEMORY
+    from bench import eager_lbfgs
+    from nst_server.engine.optimisers import LBFGS, LBFGS_MEMORY
 
-    n = height * width * 3
+    shape = (1, height, width, 3)
     rng = np.random.default_rng(0)
-    target = tf.constant(rng.uniform(0.0, 1.0, n), tf.float32)
-    scale = tf.constant(rng.uniform(0.1, 10.0, n), tf.float32)
-    spent = [0.0]
-    stamps: list[float] = []
-    calls: list[float] = []
+    target = tf.constant(rng.uniform(0.0, 1.0, shape), tf.float32)
+    scale = tf.constant(rng.uniform(0.1, 10.0, shape), tf.float32)
+    image = tf.TensorSpec((1, None, None, 3), tf.float32)
 
-    def objective(x: tf.Tensor) -> tuple[float, tf.Tensor, None]:
-        t0 = time.perf_counter()
+    @tf.function(input_signature=[image, (image, image)])
+    def quadratic(x, args):
+        scale, target = args
         d = x - target
-        loss = float(0.5 * tf.reduce_sum(scale * d * d))
-        spent[0] += time.perf_counter() - t0
-        return loss, scale * d, None
+        loss = 0.5 * tf.reduce_sum(scale * d * d)
+        return loss, loss[tf.newaxis], scale * d
 
-    def callback(iteration: int, x: tf.Tensor, extra: object) -> None:
-        stamps.append(time.perf_counter())
-        calls.append(spent[0])
+    # The function alone, timed the way each implementation calls it.
+    x0 = tf.fill(shape, 0.5)
+    quadratic(x0, (scale, target))
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        float(quadratic(x0, (scale, target))[0])
+    per_fun = (time.perf_counter() - t0) / iterations
+    stamps: list[float] = []
+    if compiled:
+        optimiser = LBFGS(quadratic, (image, image))
+        optimiser.start(x0, (scale, target))
+        for _ in range(iterations):
+            optimiser.step((scale, target))
+            stamps.append(time.perf_counter())
+    else:
 
-    lbfgs.minimize(
-        objective, tf.fill((n,), 0.5), iterations, memory=LBFGS_MEMORY, callback=callback
-    )
+        def objective(x: tf.Tensor) -> tuple[float, tf.Tensor, None]:
+            loss, _, grad = quadratic(x, (scale, target))
+            return float(loss), grad, None
+
+        eager_lbfgs.minimize(
+            objective,
+            x0,
+            iterations,
+            memory=LBFGS_MEMORY,
+            callback=lambda i, x, extra: stamps.append(time.perf_counter()),
+        )
+    # The later half: the correction memory is full there, as in a long run.
     half = len(stamps) // 2
     per_iter = (stamps[-1] - stamps[half]) / max(1, len(stamps) - 1 - half)
-    per_fun = (calls[-1] - calls[half]) / max(1, len(calls) - 1 - half)
     return per_iter, per_fun
+
+
+@contextlib.contextmanager
+def reference_lbfgsb(engine: StyleEngine):
+    """The engine with scipy's L-BFGS-B (tests/engine/scipy_reference.py) as its L-BFGS."""
+    from nst_server.engine.objective import targets_signature
+
+    own = engine._optimiser  # noqa: SLF001
+
+    def choose(plan, model, params):
+        if params.optimizer != "lbfgs":
+            return own(plan, model, params)
+        return ScipyLBFGSB(engine._objective(plan, model), targets_signature(plan))  # noqa: SLF001
+
+    engine._optimiser = choose  # noqa: SLF001
+    try:
+        yield engine
+    finally:
+        del engine._optimiser  # noqa: SLF001 - back to the class's method
 
 
 def section_lbfgs_host(res: Results, cfg: Config) -> None:
@@ -690,9 +731,17 @@ def section_lbfgs_host(res: Results, cfg: Config) -> None:
             f"function {got['function']:.3f} s; set-up {got['setup']:.2f} s"
         )
         row["scipy"] = got
-        per_iter, per_fun = ours_lbfgs_host_cost(h, w)
-        log(f"  ours: {per_iter:.3f} s/iteration, of which the function {per_fun:.3f} s")
-        row["ours"] = {"iteration": per_iter, "function": per_fun, "setup": 0.0}
+        for label, compiled in (("eager", False), ("ours", True), ("eager", False), ("ours", True)):
+            per_iter, per_fun = ours_lbfgs_host_cost(h, w, compiled=compiled)
+            log(f"  {label}: {per_iter:.3f} s/iteration, of which the function {per_fun:.3f} s")
+            row.setdefault(label + "_runs", []).append((per_iter, per_fun))
+        for label in ("eager", "ours"):  # A B A B: the median of each, load falls on both
+            runs = row.pop(label + "_runs")
+            row[label] = {
+                "iteration": median([r[0] for r in runs]),
+                "function": median([r[1] for r in runs]),
+                "setup": 0.0,
+            }
         res.lbfgs_host.append(row)
 
 
@@ -732,7 +781,7 @@ def child_lbfgs(size: int) -> None:
 def child_memory(which: str, size: int, steps: int) -> None:
     """Run in a fresh process: a short run, then print the process's peak RSS as JSON."""
     if which == "ours":
-        engine = StyleEngine()
+        engine = StyleEngine(resolve_weights())
         engine.stylize(load_rgb(CONTENT), [load_rgb(STYLE)], params_for(engine, size, steps))
     else:
         run_baseline(CONTENT, STYLE, size, steps)
@@ -755,36 +804,36 @@ def section_variants(res: Results, cfg: Config, engine: StyleEngine, content, st
     ]
     size, n = cfg.variant_size, cfg.variant_steps
     res.loads["variants"] = load_avg()
-    default_backend = engine.lbfgs
-    try:
-        for label, overrides, backend in variants:
-            engine.lbfgs = backend
-            log(f"variant {label}, {size} px, {n + 1} steps")
-            try:
+
+    def with_backend(backend: str):
+        return reference_lbfgsb(engine) if backend == "scipy" else contextlib.nullcontext()
+
+    for label, overrides, backend in variants:
+        log(f"variant {label}, {size} px, {n + 1} steps")
+        try:
+            with with_backend(backend):
                 first, times = engine_step_times(engine, content, style, size, n, **overrides)
-                res.variants.append(
-                    {"label": label, "size": size, "first": first, "step": median(times)}
-                )
-                log(f"  {median(times):.3f} s/step (first {first:.1f} s)")
-            except Exception as exc:  # an option unsupported on this device is a result too
-                res.variants.append({"label": label, "size": size, "error": str(exc)[:120]})
-                log(f"  failed: {exc}")
-        defaults = StyleParams.for_device(engine.device)
-        params = dataclasses.replace(defaults, iterations=cfg.edit_steps)
-        scoring = dataclasses.replace(params, precision="float32")
-        for backend in ("scipy", "tensorflow"):
-            engine.lbfgs = backend
+            res.variants.append(
+                {"label": label, "size": size, "first": first, "step": median(times)}
+            )
+            log(f"  {median(times):.3f} s/step (first {first:.1f} s)")
+        except Exception as exc:  # an option unsupported on this device is a result too
+            res.variants.append({"label": label, "size": size, "error": str(exc)[:120]})
+            log(f"  failed: {exc}")
+    defaults = StyleParams.for_device(engine.device)
+    params = dataclasses.replace(defaults, iterations=cfg.edit_steps)
+    scoring = dataclasses.replace(params, precision="float32")
+    for backend in ("scipy", "tensorflow"):
+        with with_backend(backend):
             engine.stylize(content, [style], params)  # warm: targets cached, as in a server
             log(f"default edit ({params.max_size} px, {params.iterations} steps), {backend}")
             t0 = time.perf_counter()
             out = engine.stylize(content, [style], params)
             seconds = time.perf_counter() - t0
-            h, w = fit_size(*content.shape[:2], params.max_size)
-            loss = engine.loss_terms(_resized(out, (h, w)), content, [style], scoring)["total"]
-            log(f"  {seconds:.1f} s, loss {loss:.4f}")
-            res.optimisers.append({"lbfgs": backend, "seconds": seconds, "loss": loss})
-    finally:
-        engine.lbfgs = default_backend
+        h, w = fit_size(*content.shape[:2], params.max_size)
+        loss = engine.loss_terms(_resized(out, (h, w)), content, [style], scoring)["total"]
+        log(f"  {seconds:.1f} s, loss {loss:.4f}")
+        res.optimisers.append({"lbfgs": backend, "seconds": seconds, "loss": loss})
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -1093,7 +1142,9 @@ def render(res: Results, cfg: Config) -> str:
     add("| size | variables | L-BFGS | s/iteration | of which the function | set-up per run |")
     add("|---|---|---|---|---|---|")
     for r in res.lbfgs_host:
-        for label in ("scipy", "ours"):
+        for label in ("scipy", "eager", "ours"):
+            if label not in r:
+                continue
             q = r[label]
             add(
                 f"| {r['size']} px | {r['shape']}x3 | {label} | {q['iteration']:.3f} | "
@@ -1188,7 +1239,7 @@ def run(cfg: Config, quick: bool) -> Results:
     res = Results(machine=machine(), quick=quick, started=time.strftime("%Y-%m-%d %H:%M"))
     log(f"machine: {res.machine}")
     content, style = load_rgb(CONTENT), load_rgb(STYLE)
-    engine = StyleEngine()
+    engine = StyleEngine(resolve_weights())
     engine.load()
     res.machine["auto_precision"] = engine.precision
     log(f"precision 'auto' means {engine.precision} here")

@@ -267,8 +267,14 @@ def test_previews_and_finish_keep_the_picture_so_far(server: LiveServer) -> None
     assert_json_error(status, headers, data, 409, "not_started", "cancel")
     server.request("DELETE", f"/v1/jobs/{queued_id}")
 
-    # a long poll wakes on the next step, which brings a new preview
-    status, later = server.get_json(f"/v1/jobs/{job_id}?since={body['version']}&wait=10")
+    # long polls wake on each change; within a few, one brings a new preview (the engine
+    # copies one at most every 0.5 s)
+    later = body
+    for _ in range(50):
+        status, later = server.get_json(f"/v1/jobs/{job_id}?since={later['version']}&wait=10")
+        assert status == 200
+        if later["preview_step"] != body["preview_step"]:
+            break
     assert later["preview"] and later["preview_step"] > body["preview_step"]
     for size, expected in ((32, (32, 24)), (None, (64, 48)), (5000, (64, 48))):
         query = f"?size={size}" if size else ""
