@@ -191,8 +191,9 @@ def test_health_and_polls_answer_within_a_second_with_everything_busy(server: Li
         held.append(thread)
 
     form = job_form(png(gradient(64, 48)), painting(), LONG)
+    short = job_form(png(gradient(64, 48)), painting(), {"iterations": 2, "max_size": 64})
     for _ in range(2):
-        hold("POST", "/v1/stylize", form)  # each waits for its job: 2 waiting slots
+        hold("POST", "/v1/stylize", short)  # each waits for its job: 2 waiting slots
     time.sleep(1.0)
     queued = [json.loads(server.post_form("/v1/jobs", form)[2])["id"] for _ in range(2)]
     status, _, data = server.post_form("/v1/jobs", form)
