@@ -69,6 +69,12 @@ class Config:
     variant_size: int
     variant_steps: int
     edit_steps: int  # steps of the whole default edit per L-BFGS implementation
+    before_steps: tuple[str, ...] = ("256:6", "512:4")  # SIZE:N, engine before against after
+    before_edits: tuple[str, ...] = ("384:150", "512:150")  # SIZE:ITER default edits
+    before_repeats: int = 2  # before, after, before, after ...
+    loss_sizes: tuple[int, ...] = (384, 512)  # per-step time of each style loss
+    loss_steps: int = 4
+    detail_photo: int = 1024  # longer side of the photo for the plain/detail edit
 
 
 FULL = Config(
@@ -101,6 +107,12 @@ QUICK = Config(
     variant_size=128,
     variant_steps=3,
     edit_steps=20,
+    before_steps=("128:3",),
+    before_edits=("128:20",),
+    before_repeats=1,
+    loss_sizes=(128,),
+    loss_steps=2,
+    detail_photo=256,
 )
 
 
@@ -310,6 +322,11 @@ class Results:
     variants: list[dict] = field(default_factory=list)
     optimisers: list[dict] = field(default_factory=list)  # one default edit per L-BFGS
     lbfgs_host: list[dict] = field(default_factory=list)
+    # The engine before and after issue 13's work (compiled L-BFGS, new style losses, detail).
+    before_after: dict = field(default_factory=dict)
+    style_losses: list[dict] = field(default_factory=list)
+    detail: dict = field(default_factory=dict)
+    measured: dict[str, str] = field(default_factory=dict)  # section -> when it was measured
 
 
 def section_per_step(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:
@@ -836,6 +853,144 @@ def section_variants(res: Results, cfg: Config, engine: StyleEngine, content, st
         res.optimisers.append({"lbfgs": backend, "seconds": seconds, "loss": loss})
 
 
+#: The commit on main before issue 13's engine work: the "before" of the before/after figures.
+BEFORE_COMMIT = "eb9385d"
+
+
+def before_tree(commit: str = BEFORE_COMMIT) -> Path:
+    """That commit's files, extracted once per run into a temporary folder (git archive)."""
+    target = Path(tempfile.gettempdir()) / f"nst-before-{commit}"
+    if not (target / "nst_server").is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", commit], cwd=REPO, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
+def section_before_after(res: Results, cfg: Config) -> None:
+    """Per-step and whole-edit times of the engine before (BEFORE_COMMIT) and after, each in a
+    fresh process, interleaved (before, after, before, after) so load falls on both."""
+    res.loads["before/after"] = load_avg()
+    trees = {"before": before_tree(), "after": REPO}
+    runs: dict[str, list[dict]] = {"before": [], "after": []}
+    for _ in range(cfg.before_repeats):
+        for label, tree in trees.items():
+            log(f"engine {label}: steps {cfg.before_steps}, edits {cfg.before_edits}")
+            args = [
+                str(REPO / "bench" / "edit_timing.py"),
+                str(tree),
+                "--images",
+                str(SHARED_IMAGES),
+            ]
+            for spec in cfg.before_steps:
+                args += ["--steps", spec]
+            for spec in cfg.before_edits:
+                args += ["--edits", spec]
+            out = subprocess.run(
+                [sys.executable, *args], cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout
+            runs[label].append(json.loads(out.strip().splitlines()[-1]))
+            log(f"  {runs[label][-1]}")
+    res.before_after = {
+        "commit": BEFORE_COMMIT,
+        "runs": runs,
+        **{
+            label: {
+                kind: {size: median([r[kind][size] for r in rows]) for size in rows[0][kind]}
+                for kind in ("step_s", "edit_s")
+            }
+            for label, rows in runs.items()
+        },
+    }
+
+
+def section_style_losses(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:
+    """Seconds per step of each style loss at each size (one loss after the other, twice)."""
+    res.loads["style losses"] = load_avg()
+    for size in cfg.loss_sizes:
+        times: dict[str, list[float]] = {kind: [] for kind in ("gram", "wasserstein", "sliced")}
+        for _ in range(2):
+            for kind in times:
+                log(f"style loss {kind}, {size} px, {cfg.loss_steps + 1} steps")
+                _, steps = engine_step_times(
+                    engine, content, style, size, cfg.loss_steps, style_loss=kind
+                )
+                times[kind] += steps
+        row = {"size": size, **{kind: median(t) for kind, t in times.items()}}
+        log(f"  {row}")
+        res.style_losses.append(row)
+
+
+def section_detail(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:
+    """A default edit of a photo larger than the processing size, enlarged plainly and with the
+    detail pass (warm, plain, detail, plain, detail)."""
+    res.loads["detail"] = load_avg()
+    h, w = content.shape[:2]
+    photo = _resized(content, fit_size(h, w, cfg.detail_photo, upscale=True))
+    defaults = StyleParams.for_device(engine.device)
+    if cfg is QUICK:
+        defaults = dataclasses.replace(defaults, iterations=20, max_size=128)
+    times: dict[str, list[float]] = {"plain": [], "detail": []}
+    for upscale in times:  # warm: traced, style targets cached
+        engine.stylize(photo, [style], dataclasses.replace(defaults, upscale=upscale))
+    for _ in range(2):
+        for upscale in times:
+            log(f"default edit of a {photo.shape[1]}x{photo.shape[0]} photo, upscale {upscale}")
+            t0 = time.perf_counter()
+            engine.stylize(photo, [style], dataclasses.replace(defaults, upscale=upscale))
+            times[upscale].append(time.perf_counter() - t0)
+            log(f"  {times[upscale][-1]:.1f} s")
+    res.detail = {
+        "photo": f"{photo.shape[1]}x{photo.shape[0]}",
+        "max_size": defaults.max_size,
+        "iterations": defaults.iterations,
+        "plain": median(times["plain"]),
+        "detail": median(times["detail"]),
+        "all": times,
+    }
+
+
+def lbfgs_kernels() -> int:
+    """Operations in one compiled L-BFGS iteration with its line search, the objective's own
+    excepted (counted from the traced graphs, each loop and branch body once)."""
+    import tensorflow as tf
+
+    from nst_server.engine.optimisers import LBFGS
+
+    image = tf.TensorSpec((1, None, None, 3), tf.float32)
+
+    @tf.function(input_signature=[image, ()])
+    def trivial(x, args):
+        return tf.reduce_sum(x), tf.zeros([4]), x
+
+    optimiser = LBFGS(trivial, ())
+    graph = optimiser._step_fn.get_concrete_function().graph  # noqa: SLF001
+    seen: set[str] = set()
+
+    def count(g) -> int:
+        total = 0
+        for op in g.get_operations():
+            if op.type in ("Placeholder", "Const", "NoOp", "Identity"):
+                continue
+            total += 1
+            for attr in ("body", "cond", "then_branch", "else_branch", "f"):
+                try:
+                    name = op.get_attr(attr).name
+                except (ValueError, AttributeError):
+                    continue
+                if name in seen or "trivial" in name:
+                    continue
+                seen.add(name)
+                fn = g._get_function(name)  # noqa: SLF001
+                if fn is not None:
+                    total += count(fn.graph)
+        return total
+
+    return count(graph)
+
+
 # --- the report ------------------------------------------------------------------------------
 
 # H100 SXM dense peak throughput (NVIDIA datasheet, without sparsity), FLOP/s.
@@ -873,6 +1028,16 @@ def render(res: Results, cfg: Config) -> str:
         "keeps one to two cores busy, so values well above 2 would mean another process "
         f"competed and the times are inflated): {loads}.\n"
     )
+
+    if res.measured:
+        add(
+            "Sections measured in separate runs (`--only ... --merge`), each with its date: "
+            + ", ".join(f"{k} {v}" for k, v in res.measured.items())
+            + ". Figures of sections without a date come from the run started above.\n"
+        )
+    engine = engine_section(res, cfg)
+    if engine:
+        add(engine)
 
     add("## Against the issue's targets\n")
     add("| target | measured | met |")
@@ -1155,6 +1320,64 @@ def render(res: Results, cfg: Config) -> str:
     return "\n".join(out) + "\n"
 
 
+def engine_section(res: Results, cfg: Config) -> str:
+    """Issue 13: the engine before and after (compiled L-BFGS, new defaults), the style losses,
+    the detail pass."""
+    lines: list[str] = []
+    add = lines.append
+    if not (res.before_after or res.style_losses or res.detail):
+        return ""
+    add("## The engine before and after issue 13\n")
+    if res.before_after:
+        ba = res.before_after
+        add(
+            f"Before: the engine at commit `{ba['commit']}` (main before this work: eager L-BFGS "
+            "with ~170 op launches and several host reads per iteration, Gram loss, fixed style "
+            "weight 20). After: this tree (one compiled L-BFGS iteration, strength calibrated "
+            "per painting). Each side in a fresh process, interleaved before/after "
+            f"({len(ba['runs']['before'])} runs each, medians), by `bench/edit_timing.py`; "
+            "Tübingen + The Starry Night, mixed bfloat16 (`auto` here). Per step: coarse to "
+            "fine off, after an untimed job at the same size. Per edit: the device's default "
+            "job at that size, the second of two identical edits (warm, as in a server). "
+            "Per-edit times include each side's own line searches and, after, the strength "
+            "calibration; the pictures differ (new defaults).\n"
+        )
+        add("| | before | after | after / before |")
+        add("|---|---|---|---|")
+        for kind, label in (("step_s", "s per step"), ("edit_s", "s per default edit")):
+            for size, before in ba["before"][kind].items():
+                after = ba["after"][kind][size]
+                add(f"| {label}, {size} px | {before:.3f} | {after:.3f} | {after / before:.2f} |")
+        add("")
+    if res.style_losses:
+        add(
+            "Seconds per L-BFGS step with each style loss (coarse to fine off, two runs of "
+            f"{cfg.loss_steps} timed steps each, medians; the extra work of 'wasserstein' is "
+            "an eigendecomposition per style layer per evaluation, of 'sliced' a sort of "
+            "every layer's projections):\n"
+        )
+        add("| size | gram | wasserstein | sliced |")
+        add("|---|---|---|---|")
+        for r in res.style_losses:
+            add(
+                f"| {r['size']} px | {r['gram']:.3f} | {r['wasserstein']:.3f} "
+                f"({r['wasserstein'] / r['gram']:.2f}x) | {r['sliced']:.3f} "
+                f"({r['sliced'] / r['gram']:.2f}x) |"
+            )
+        add("")
+    if res.detail:
+        d = res.detail
+        extra = d["detail"] / d["plain"] - 1
+        add(
+            f"A default edit ({d['iterations']} steps, processed at {d['max_size']} px) of a "
+            f"{d['photo']} photo, enlarged plainly and with `upscale` 'detail' (a last pass "
+            f"at the photo's size over tiles): plain {d['plain']:.1f} s, detail "
+            f"{d['detail']:.1f} s, +{extra:.0%} (medians of two, warm). The issue's rule: "
+            "'detail' becomes the default only at most +30%.\n"
+        )
+    return "\n".join(lines)
+
+
 def gpu_section(res: Results | None = None) -> str:
     fwd = vgg19_gflop(512, 512)
     step = 2 * fwd
@@ -1192,19 +1415,26 @@ def gpu_section(res: Results | None = None) -> str:
     ]
     tf32 = H100["TF32 tensor"] * GPU_EFFICIENCY
 
-    # The L-BFGS two-loop over 20 pairs reads/writes ~210 image-sized float32 vectors per
-    # iteration; ~170 eager op launches (~10 us each) and ~5 scalar reads to the host.
+    kernels = lbfgs_kernels()
+
+    # Per iteration the compiled L-BFGS reads its 20 pairs of S and Y twice (products, then the
+    # combination) and moves ~10 more image-sized vectors (line search, update, copies); its
+    # ~200 graph ops are dispatched by TensorFlow's executor, not by Python, ~5 us each at
+    # worst; one host read (the loss terms) per iteration.
     def lbfgs_ms(values: int) -> float:
-        return 210 * values * 4 / 2.5e12 * 1e3 + 170 * 0.01 + 5 * 0.03
+        return (4 * 20 + 10) * values * 4 / 2.5e12 * 1e3 + kernels * 0.005 + 0.03
 
     n = 512 * 512 * 3
     lines.append(
-        "Our L-BFGS runs on the device (`nst_server/engine/lbfgs.py`, the default): per "
-        f"iteration at 512 px it moves ~{210 * n * 4 / 1e9:.1f} GB through memory (~"
-        f"{210 * n * 4 / 2.5e12 * 1e3:.2f} ms at 2.5 TB/s) and launches ~170 small eager ops, "
-        f"so about {lbfgs_ms(n):.1f} ms per iteration on top of the step, and no PCIe copies of "
-        "the image (scipy's would copy image and gradient each way per evaluation, in "
-        "float64, and do its update on the host: measured above).\n"
+        "Our L-BFGS (`nst_server/engine/optimisers.py`) runs one compiled `tf.function` per "
+        f"iteration, line search included: {kernels} graph operations besides VGG19's, "
+        "counted from the traced graphs (each loop and branch body once), and one copy to the "
+        f"host (the loss terms). At 512 px it moves ~{90 * n * 4 / 1e9:.2f} GB through "
+        f"memory (~{90 * n * 4 / 2.5e12 * 1e3:.2f} ms at 2.5 TB/s), so an estimate of "
+        f"{lbfgs_ms(n):.1f} ms per iteration on top of the step. The eager version it replaced "
+        "launched ~170 ops from Python (~20-50 us each on a GPU) and read ~5 scalars back per "
+        "iteration, each a sync that drains the GPU's queue: ~5-8 ms per iteration, more than "
+        "the 2 ms step itself (estimates, not measured: no GPU here).\n"
     )
     for label, long_side, c2f in (("512 px", 512, False), ("2048 px coarse to fine", 2048, True)):
         h = long_side * 3 // 4
@@ -1234,21 +1464,53 @@ def gpu_section(res: Results | None = None) -> str:
 # --- main -------------------------------------------------------------------------------------
 
 
-def run(cfg: Config, quick: bool) -> Results:
+#: Sections in the order a full run takes them; ``--only`` picks some (and ``--merge`` keeps
+#: the other sections' figures from an earlier run).
+SECTIONS = (
+    "per_step",
+    "quality",
+    "edits",
+    "variants",
+    "lbfgs_host",
+    "memory",
+    "before_after",
+    "style_losses",
+    "detail",
+)
+
+
+def run(
+    cfg: Config, quick: bool, only: Sequence[str] = SECTIONS, base: Results | None = None
+) -> Results:
     started = time.perf_counter()
-    res = Results(machine=machine(), quick=quick, started=time.strftime("%Y-%m-%d %H:%M"))
+    res = base or Results(machine=machine(), quick=quick, started=time.strftime("%Y-%m-%d %H:%M"))
     log(f"machine: {res.machine}")
     content, style = load_rgb(CONTENT), load_rgb(STYLE)
     engine = StyleEngine(resolve_weights())
     engine.load()
     res.machine["auto_precision"] = engine.precision
     log(f"precision 'auto' means {engine.precision} here")
-    section_per_step(res, cfg, engine, content, style)
-    section_quality(res, cfg, engine, content, style)
-    section_edits(res, cfg, engine, content, style)
-    section_variants(res, cfg, engine, content, style)
-    section_lbfgs_host(res, cfg)
-    section_memory(res, cfg)
+    with_engine = {
+        "per_step": section_per_step,
+        "quality": section_quality,
+        "edits": section_edits,
+        "variants": section_variants,
+        "style_losses": section_style_losses,
+        "detail": section_detail,
+    }
+    alone = {
+        "lbfgs_host": section_lbfgs_host,
+        "memory": section_memory,
+        "before_after": section_before_after,
+    }
+    for name in SECTIONS:
+        if name not in only:
+            continue
+        if name in with_engine:
+            with_engine[name](res, cfg, engine, content, style)
+        else:
+            alone[name](res, cfg)
+        res.measured[name] = time.strftime("%Y-%m-%d %H:%M")
     res.wall_s = time.perf_counter() - started
     return res
 
@@ -1262,6 +1524,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument(
         "--render", metavar="JSON", help="only re-render a report from a --json file of a run"
+    )
+    ap.add_argument("--only", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
+    ap.add_argument(
+        "--merge", metavar="JSON", help="start from this run's results; --only replaces some"
     )
     ap.add_argument("--child-memory", choices=("ours", "baseline"), help=argparse.SUPPRESS)
     ap.add_argument("--child-lbfgs", action="store_true", help=argparse.SUPPRESS)
@@ -1281,7 +1547,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not CONTENT.is_file() or not STYLE.is_file():
             sys.exit(f"test images not found ({CONTENT}, {STYLE}); set NST_SHARED_IMAGES")
         cfg = QUICK if args.quick else FULL
-        res = run(cfg, args.quick)
+        only = args.only.split(",") if args.only else SECTIONS
+        unknown = set(only) - set(SECTIONS)
+        if unknown:
+            sys.exit(f"unknown section(s): {', '.join(sorted(unknown))}")
+        base = Results(**json.loads(Path(args.merge).read_text())) if args.merge else None
+        res = run(cfg, args.quick, only, base)
     report = render(res, cfg)
     print("\n" + report)
     out = args.out or (None if res.quick else str(REPO / "BENCHMARKS.md"))

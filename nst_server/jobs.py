@@ -648,6 +648,8 @@ class JobQueue:
             }
             if event.size is not None:
                 update["size"] = list(event.size)
+            if getattr(event, "result_size", None) is not None:  # with size: the enlargement
+                update["result_size"] = list(event.result_size)
             if getattr(event, "scales", 1) > 1:  # coarse-to-fine: which pass this is
                 update["scale"], update["scales"] = event.scale, event.scales
             if getattr(event, "note", None):

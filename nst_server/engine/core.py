@@ -279,8 +279,6 @@ class StyleEngine:
         mismatch), ``ValueError`` for malformed arrays.
         """
         _check_image(content, "content")
-        if params.upscale != "plain":
-            raise EngineError(f"upscale {params.upscale!r}: this engine has only 'plain' so far")
         if not styles:
             raise ValueError("at least one style image is needed")
         for style in styles:
@@ -320,7 +318,7 @@ class StyleEngine:
             )
         )
         try:
-            pixels = self._optimise(
+            result = self._optimise(
                 content, styles, blend, params, job, soft_mask, init_image, notify, started
             )
         except tf.errors.InvalidArgumentError as exc:
@@ -341,7 +339,6 @@ class StyleEngine:
                 "or close other programs using the graphics card"
             ) from exc
         rgb = content[..., :3]
-        result = resize(pixels, height, width).numpy()
         if soft_mask is not None:
             # The optimisation already kept the outside close to the photo; this makes it exact.
             result = soft_mask * result + (1.0 - soft_mask) * rgb
@@ -361,57 +358,185 @@ class StyleEngine:
         notify: ProgressCallback,
         started: float,
     ) -> np.ndarray:
-        """The coarse-to-fine passes; returns the last image at the processing size."""
+        """The coarse-to-fine passes, then the detail pass if planned; returns the picture at
+        the result's size (RGB)."""
         plan, model = self._plan(params)
         optimiser = self._optimiser(plan, model, params)
+        digest = _styles_digest(styles)
         weights = tf.constant(
             [
                 params.content_weight,
-                style_weight(params),
+                self._style_weight(plan, model, params, job, content, styles, blend, digest),
                 params.tv_weight,
                 _ANCHOR_WEIGHT if mask is not None else 0.0,
             ],
             tf.float32,
         )
-        digest = _styles_digest(styles)
+        features = self._feature_fn(plan, model)
+
+        def targets(photo: tf.Tensor, sizes: Sequence[tuple[int, int]], mask_here) -> Targets:
+            feats = features(photo)
+            return Targets(
+                content=tuple(feats[i] for i in plan.content),
+                style=self._style_targets(plan, model, styles, sizes, blend, params.seed, digest),
+                weights=weights,
+                mask=tf.ones_like(photo[..., :1]) if mask_here is None else mask_here,
+                photo=photo,
+            )
+
         progress = _Reporter(self, job, params, notify, started)
+        height, width = job.result_hw
         x: tf.Tensor | None = None
         try:
             for index, ((h, w, steps), style_sizes) in enumerate(
                 zip(job.passes, job.style_sizes, strict=True)
             ):
                 photo = resize(content[..., :3], h, w)[tf.newaxis]
-                feats = self._feature_fn(plan, model)(photo)
-                targets = Targets(
-                    content=tuple(feats[i] for i in plan.content),
-                    style=self._style_targets(
-                        plan, model, styles, style_sizes, blend, params.seed, digest
-                    ),
-                    weights=weights,
-                    mask=tf.ones((1, h, w, 1)) if mask is None else resize(mask, h, w)[tf.newaxis],
-                    photo=photo,
-                )
+                mask_here = None if mask is None else resize(mask, h, w)[tf.newaxis]
+                these = targets(photo, style_sizes, mask_here)
                 if x is None:
                     x = _initial_image(params, photo[0], styles, init_image, (h, w))
-                optimiser.start(resize(x, h, w)[tf.newaxis], targets)
+                optimiser.start(resize(x, h, w)[tf.newaxis], these)
                 try:
                     for step in range(1, steps + 1):
-                        values = optimiser.step(targets)
-                        progress.step(index, step, values, optimiser)
+                        values = optimiser.step(these)
+                        progress.step(index, step, values, lambda: optimiser.x.numpy()[0])
                         if values[-1] == STANDSTILL:
                             break
                 except FinishEarly:
                     # Keep the picture so far; a coarse pass's picture is brought to the
                     # result's size by the same resize the next pass would start from.
-                    return optimiser.x.numpy()[0]
+                    return resize(optimiser.x[0], height, width).numpy()
                 x = optimiser.x[0]
                 optimiser.release()  # before the next pass's style targets need the memory
+            assert x is not None
+            if job.detail is None:
+                return resize(x, height, width).numpy()
+            return self._detail(content, mask, job, x, targets, optimiser, progress)
         finally:
             optimiser.release()
-        assert x is not None
-        return x.numpy()
+
+    def _detail(
+        self,
+        content: np.ndarray,
+        mask: np.ndarray | None,
+        job: JobPlan,
+        small: tf.Tensor,
+        targets: Callable[..., Targets],
+        optimiser: Optimiser,
+        progress: _Reporter,
+    ) -> np.ndarray:
+        """The detail pass: the result enlarged plainly, then each tile refined at the result's
+        size against the photo's features there and the painting at its finest (see
+        ``planning.DetailPass``); each tile fades in over the overlap with the tiles before it
+        (raster order), so no seam shows. A finish requested mid-pass keeps the tiles done."""
+        assert job.detail is not None
+        height, width = job.result_hw
+        h, w = job.processing_hw
+        out = resize(small, height, width).numpy()
+        first = len(job.passes)
+        for n, (top, left, th, tw) in enumerate(job.detail.tiles):
+            region = np.s_[top : top + th, left : left + tw]
+            photo = tf.constant(content[region][np.newaxis, ..., :3])
+            mask_here = None if mask is None else tf.constant(mask[region][np.newaxis])
+            these = targets(photo, job.detail.style_sizes, mask_here)
+            optimiser.start(tf.constant(out[region][np.newaxis]), these)
+            ramp = _fade_in(th, tw, top > 0, left > 0)
+
+            def blend(region: tuple = region, ramp: np.ndarray = ramp) -> None:
+                out[region] = ramp * optimiser.x.numpy()[0] + (1.0 - ramp) * out[region]
+
+            try:
+                for step in range(1, job.detail.steps + 1):
+                    values = optimiser.step(these)
+                    done = step == job.detail.steps or values[-1] == STANDSTILL
+                    if done:
+                        blend()
+                    progress.step(
+                        first + n,
+                        step,
+                        values,
+                        (lambda: resize(out, h, w).numpy()) if done else None,
+                    )
+                    if done:
+                        break
+            except FinishEarly:
+                if not done:
+                    blend()
+                return out
+            optimiser.release()
+        return out
+
+    def _style_weight(
+        self,
+        plan: LayerPlan,
+        model: tf.keras.Model,
+        params: StyleParams,
+        job: JobPlan,
+        content: np.ndarray,
+        styles: Sequence[np.ndarray],
+        blend: Sequence[float],
+        digest: str,
+    ) -> float:
+        """The style loss's weight: ``params.style_weight`` when given; else ``strength`` times
+        the photo's own content-to-style loss ratio at the first pass.
+
+        The ratio is the content loss of the painting against the photo (how far pure style is
+        from the photo) over the style loss of the photo against the painting (how far the
+        photo is from the style). At that weight both extremes score the same, whatever the
+        painting: a soft painting, whose statistics lie near the photo's, gets a larger weight
+        than a busy one, so a given strength gives a comparable amount of style. It depends on
+        the photo and the paintings only, so a continued run gets the same weight as the run
+        it continues.
+        """
+        if params.style_weight is not None:
+            return params.style_weight
+        factor = strength_factor(params.strength)
+        if not plan.content or not plan.style:
+            return factor
+        h, w, _ = job.passes[0]
+        features = self._feature_fn(plan, model)
+        photo = features(resize(content[..., :3], h, w)[tf.newaxis])
+        targets = self._style_targets(
+            plan, model, styles, job.style_sizes[0], blend, params.seed, digest
+        )
+        style = np.mean(
+            [
+                float(losses.style_loss(plan.style_loss, photo[i], t))
+                for i, t in zip(plan.style, targets, strict=True)
+            ]
+        )
+        content_loss = 0.0
+        for painting, share in zip(styles, blend, strict=True):
+            if share:
+                feats = features(resize(painting[..., :3], h, w)[tf.newaxis])
+                content_loss += share * np.mean(
+                    [float(losses.content_loss(feats[i], photo[i])) for i in plan.content]
+                )
+        ratio = content_loss / max(style, 1e-6)
+        log.info(
+            "style weight %.3g (strength %g, content/style ratio %.3g)",
+            factor * ratio,
+            params.strength,
+            ratio,
+        )
+        return factor * ratio
 
     # -- measuring (tests, benchmarks) ------------------------------------------------------
+
+    def style_weight(
+        self, content: np.ndarray, styles: Sequence[np.ndarray], params: StyleParams
+    ) -> float:
+        """The style loss's weight a job with these inputs runs with (see ``_style_weight``)."""
+        self.load()
+        plan, model = self._plan(params)
+        job = plan_job(content.shape[:2], [s.shape[:2] for s in styles], params)
+        blend = _blend_weights(params.style_blend, len(styles))
+        if params.preserve_colors:
+            styles = [colour.match_colours(style[..., :3], content[..., :3]) for style in styles]
+        return self._style_weight(
+            plan, model, params, job, content, styles, blend, _styles_digest(styles)
+        )
 
     def loss_terms(
         self,
@@ -432,13 +557,15 @@ class StyleEngine:
         feats = self._feature_fn(plan, model)(photo)
         blend = _blend_weights(params.style_blend, len(styles))
         measured = dataclasses.replace(params, max_size=max(h, w), coarse_to_fine=False)
-        (sizes,) = plan_job((h, w), [s.shape[:2] for s in styles], measured).style_sizes
+        job = plan_job((h, w), [s.shape[:2] for s in styles], measured)
+        digest = _styles_digest(styles)
+        weight = self._style_weight(plan, model, params, job, content, styles, blend, digest)
         targets = Targets(
             content=tuple(feats[i] for i in plan.content),
-            style=self._style_targets(plan, model, styles, sizes, blend, params.seed),
-            weights=tf.constant(
-                [params.content_weight, style_weight(params), params.tv_weight, 0.0], tf.float32
+            style=self._style_targets(
+                plan, model, styles, job.style_sizes[0], blend, params.seed, digest
             ),
+            weights=tf.constant([params.content_weight, weight, params.tv_weight, 0.0], tf.float32),
             mask=tf.ones((1, h, w, 1)),
             photo=photo,
         )
@@ -450,7 +577,10 @@ class StyleEngine:
 
 
 class _Reporter:
-    """Turns optimiser steps into "optimising" events: losses, ETA, and a preview now and then."""
+    """Turns optimiser steps into "optimising" events: losses, ETA, and a preview now and then.
+
+    Stages are the passes, then the detail pass's tiles (reported as one more pass, at the
+    result's size)."""
 
     def __init__(
         self,
@@ -460,50 +590,67 @@ class _Reporter:
         notify: ProgressCallback,
         started: float,
     ) -> None:
-        self.engine, self.job, self.params, self.notify = engine, job, params, notify
+        self.engine, self.job, self.notify = engine, job, notify
         self.started = started
         self.optimising_since = time.perf_counter()
+        tiles = job.detail.tiles if job.detail else ()
+        self.stages = list(job.passes) + [(th, tw, job.detail.steps) for *_, th, tw in tiles]
         # ETA: seconds per (pixel x step), measured, times the pixel-steps still to do.
-        self.work = [h * w * steps for h, w, steps in job.passes]
-        self.steps_before = [sum(p[2] for p in job.passes[:i]) for i in range(len(job.passes))]
+        self.work = [h * w * steps for h, w, steps in self.stages]
+        self.steps_before = [sum(st[2] for st in self.stages[:i]) for i in range(len(self.stages))]
         self.last_preview = -math.inf
 
-    def step(self, index: int, step: int, values: np.ndarray, optimiser: Optimiser) -> None:
-        h, w, steps = self.job.passes[index]
+    def step(
+        self,
+        stage: int,
+        step: int,
+        values: np.ndarray,
+        picture: Callable[[], np.ndarray] | None,
+    ) -> None:
+        """Report ``step`` of ``stage``; ``picture`` copies the current picture (None: none to
+        show at this step)."""
+        h, w, steps = self.stages[stage]
         now = time.perf_counter()
-        done = sum(self.work[:index]) + step * h * w
+        done = sum(self.work[:stage]) + step * h * w
         eta = (now - self.optimising_since) / done * (sum(self.work) - done)
-        overall = self.steps_before[index] + step
-        last = overall == self.params.iterations or (
-            index == len(self.job.passes) - 1 and (step == steps or values[-1] == STANDSTILL)
+        overall = self.steps_before[stage] + step
+        last = overall == self.job.total_steps or (
+            stage == len(self.stages) - 1 and (step == steps or values[-1] == STANDSTILL)
         )
         preview = None
-        if last or now - self.last_preview >= self.engine.preview_interval_s:
-            preview = optimiser.x.numpy()[0]  # the one image copy: at most every interval
+        if picture is not None and (
+            last or now - self.last_preview >= self.engine.preview_interval_s
+        ):
+            preview = picture()  # the one image copy: at most every interval
             self.last_preview = now
+        passes = len(self.job.passes)
+        detail = stage >= passes
         self.notify(
             Progress(
                 phase="optimising",
                 step=overall,
-                total=self.params.iterations,
+                total=self.job.total_steps,
                 elapsed_s=now - self.started,
                 eta_s=0.0 if last else eta,
                 losses=dict(zip(("total", *TERMS[:3]), map(float, values[:4]), strict=True)),
-                size=(w, h),
+                size=self.job.result_hw[::-1] if detail else (w, h),
                 result_size=self.job.result_hw[::-1],
-                scale=index + 1,
-                scales=len(self.job.passes),
+                scale=passes + 1 if detail else stage + 1,
+                scales=passes + (1 if self.job.detail else 0),
                 preview=preview,
             )
         )
 
 
-def style_weight(params: StyleParams) -> float:
-    """The style loss's weight: ``params.style_weight`` when given, else from ``strength`` (50 is
-    the balanced weight 20; every 25 points multiply or divide it by 10)."""
-    if params.style_weight is not None:
-        return params.style_weight
-    return 20.0 * 10.0 ** ((params.strength - STRENGTH_DEFAULT) / 25.0)
+#: The style weight at strength 50 is this times the photo's content-to-style loss ratio: the
+#: look the engine had with a fixed weight of 20 on Tübingen and The Starry Night.
+STRENGTH_SCALE = 4.65
+
+
+def strength_factor(strength: float) -> float:
+    """What strength multiplies the content-to-style ratio by: ``STRENGTH_SCALE`` at 50, ten
+    times more every 25 points above, ten times less every 25 below (0: a 10,000th)."""
+    return STRENGTH_SCALE * 10.0 ** ((strength - STRENGTH_DEFAULT) / 25.0)
 
 
 def resize(image: np.ndarray | tf.Tensor, height: int, width: int) -> tf.Tensor:
@@ -563,6 +710,17 @@ def _soft_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
         )
     sigma = max(1.0, _FEATHER * max(height, width))
     return gaussian_blur(np.clip(mask, 0.0, 1.0)[..., np.newaxis], sigma).numpy()
+
+
+def _fade_in(height: int, width: int, top: bool, left: bool) -> np.ndarray:
+    """H x W x 1 blend weights of a detail tile: rising from 0 to 1 over the overlap along the
+    sides it shares with tiles refined before it (top, left), 1 elsewhere."""
+    from nst_server.engine.planning import DETAIL_OVERLAP
+
+    ramp = np.clip((np.arange(max(height, width)) + 0.5) / DETAIL_OVERLAP, 0.0, 1.0)
+    rows = ramp[:height] if top else np.ones(height)
+    cols = ramp[:width] if left else np.ones(width)
+    return (rows[:, None] * cols[None, :])[..., None].astype(np.float32)
 
 
 def gaussian_blur(image: np.ndarray | tf.Tensor, sigma: float) -> tf.Tensor:

@@ -184,3 +184,31 @@ def test_the_engines_lbfgs_runs_coarse_to_fine_with_a_mask_as_scipy_does(engine,
     assert steps[-1].losses["total"] == pytest.approx(reference[-1].losses["total"], rel=0.05)
     assert np.abs(result[:, :120] - photo[:, :120]).max() < 0.02  # outside the mask: the photo
     assert np.abs(result[:, 200:] - photo[:, 200:]).mean() > 0.002  # inside: changed
+
+
+def test_the_compact_direction_is_the_two_loop_recursions():
+    """After some iterations on a random quadratic, the compiled L-BFGS's direction (compact
+    form) equals the two-loop recursion's over the same pairs (the eager implementation it
+    replaced, kept in bench/ for the benchmark)."""
+    import collections
+
+    from bench import eager_lbfgs
+
+    rng = np.random.default_rng(7)
+    curvature = tf.constant(rng.uniform(0.5, 20.0, (1, 6, 5, 3)), tf.float32)
+    centre = tf.constant(rng.uniform(0.2, 0.8, (1, 6, 5, 3)), tf.float32)
+    optimiser = LBFGS(quadratic, QUADRATIC_ARGS, memory=5)
+    optimiser.start(tf.fill((1, 6, 5, 3), 0.9), (curvature, centre))
+    for _ in range(8):  # more pairs than the memory: the ring buffer has wrapped
+        optimiser.step((curvature, centre))
+    count, head = int(optimiser._count.numpy()), int(optimiser._head.numpy())  # noqa: SLF001
+    assert count == 5
+    history = collections.deque()
+    for i in range(count):  # oldest to newest
+        slot = (head - count + i) % 5
+        s, y = optimiser._s[slot], optimiser._y[slot]  # noqa: SLF001
+        history.append(eager_lbfgs._Pair(s, y, 1.0 / tf.reduce_sum(s * y)))  # noqa: SLF001
+    g = tf.constant(rng.normal(size=90), tf.float32)
+    expected = eager_lbfgs.direction(g, history).numpy()
+    got = optimiser._direction(g, tf.constant(count)).numpy()  # noqa: SLF001
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-6 * np.abs(expected).max())
