@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nst_server.jobs import JobQueue
 from nst_server.params import StyleParams
+from tests.api.helpers import job_inputs
 from tests.conftest import synthetic_painting, synthetic_photo
 from tests.fake_engine import wait_for
 
@@ -13,8 +14,7 @@ def test_a_snapshot_tells_the_processing_size_and_the_results_so_the_enlargement
     queue.start()
     try:
         job = queue.submit(
-            synthetic_photo(150, 200),
-            [synthetic_painting()],
+            job_inputs(synthetic_photo(150, 200), [synthetic_painting()]),
             StyleParams.from_mapping({"iterations": 3, "max_size": 64}, "cpu"),
         )
         seen: list[dict] = []
