@@ -139,7 +139,10 @@ def test_palette_cmyk_la_and_greyscale_are_converted(
 
 def test_cancel_of_a_running_job_frees_the_worker(server: LiveServer) -> None:
     status, _, data = server.post_form(
-        "/v1/jobs", job_form(photo_png(), painting_png(), {"iterations": 5000, "max_size": 64})
+        "/v1/jobs",
+        job_form(
+            photo_png(), painting_png(), {"iterations": 5000, "max_size": 64, "optimizer": "adam"}
+        ),
     )
     job_id = json.loads(data)["id"]
     server.wait_state(job_id, ("failed", "cancelled", "done"), min_step=1)
@@ -156,7 +159,10 @@ def test_cancel_of_a_running_job_frees_the_worker(server: LiveServer) -> None:
 def test_abandoned_job_is_cancelled(server: LiveServer) -> None:
     server.wait_idle()
     status, _, data = server.post_form(
-        "/v1/jobs", job_form(photo_png(), painting_png(), {"iterations": 5000, "max_size": 64})
+        "/v1/jobs",
+        job_form(
+            photo_png(), painting_png(), {"iterations": 5000, "max_size": 64, "optimizer": "adam"}
+        ),
     )
     job_id = json.loads(data)["id"]
     # No GET on the job from here: health does not count as polling it.
@@ -179,7 +185,9 @@ def test_stylize_returns_a_png(server: LiveServer) -> None:
 def test_stylize_cancels_its_job_when_the_client_hangs_up(server: LiveServer) -> None:
     server.wait_idle()
     body, content_type = multipart(
-        job_form(photo_png(), painting_png(), {"iterations": 5000, "max_size": 64})
+        job_form(
+            photo_png(), painting_png(), {"iterations": 5000, "max_size": 64, "optimizer": "adam"}
+        )
     )
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(
@@ -257,7 +265,7 @@ def test_previews_and_finish_keep_the_picture_so_far(server: LiveServer) -> None
     the job runs, long polls that wake on a new preview, Keep (finish) giving a result from the
     picture at that moment."""
     server.wait_idle()
-    long_job = {"iterations": 5000, "max_size": 64, "coarse_to_fine": False}
+    long_job = {"iterations": 5000, "max_size": 64, "coarse_to_fine": False, "optimizer": "adam"}
     status, _, data = server.post_form("/v1/jobs", job_form(photo_png(), painting_png(), long_job))
     job_id = json.loads(data)["id"]
     _, _, queued = server.post_form("/v1/jobs", job_form(photo_png(), painting_png(), long_job))
