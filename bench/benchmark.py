@@ -37,10 +37,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.baseline_tf_tutorial import run_baseline  # noqa: E402
 from nst_server.engine import Cancelled, Progress, StyleEngine  # noqa: E402
-from nst_server.engine.core import lbfgs_options  # noqa: E402
 from nst_server.engine.planning import fit_size, scale_schedule  # noqa: E402
 from nst_server.params import StyleParams  # noqa: E402
+from nst_server.weights import resolve_weights  # noqa: E402
 from tests.conftest import SHARED_IMAGES, load_rgb  # noqa: E402
+from tests.engine.scipy_reference import ScipyLBFGSB, lbfgs_options  # noqa: E402
 from tests.live_server import LiveServer, import_nst_client  # noqa: E402
 
 nst_client = import_nst_client()  # the plug-in's HTTP client: standard library only
@@ -68,6 +69,12 @@ class Config:
     variant_size: int
     variant_steps: int
     edit_steps: int  # steps of the whole default edit per L-BFGS implementation
+    before_steps: tuple[str, ...] = ("256:6", "512:4")  # SIZE:N, engine before against after
+    before_edits: tuple[str, ...] = ("384:150", "512:150")  # SIZE:ITER default edits
+    before_repeats: int = 2  # before, after, before, after ...
+    loss_sizes: tuple[int, ...] = (384, 512)  # per-step time of each style loss
+    loss_steps: int = 4
+    detail_photo: int = 1024  # longer side of the photo for the plain/detail edit
 
 
 FULL = Config(
@@ -100,6 +107,12 @@ QUICK = Config(
     variant_size=128,
     variant_steps=3,
     edit_steps=20,
+    before_steps=("128:3",),
+    before_edits=("128:20",),
+    before_repeats=1,
+    loss_sizes=(128,),
+    loss_steps=2,
+    detail_photo=256,
 )
 
 
@@ -309,6 +322,11 @@ class Results:
     variants: list[dict] = field(default_factory=list)
     optimisers: list[dict] = field(default_factory=list)  # one default edit per L-BFGS
     lbfgs_host: list[dict] = field(default_factory=list)
+    # The engine before and after issue 13's work (compiled L-BFGS, new style losses, detail).
+    before_after: dict = field(default_factory=dict)
+    style_losses: list[dict] = field(default_factory=list)
+    detail: dict = field(default_factory=dict)
+    measured: dict[str, str] = field(default_factory=dict)  # section -> when it was measured
 
 
 def section_per_step(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:
@@ -537,7 +555,7 @@ def cold_engine_edits(
     """First and second edit on an engine loaded WITHOUT the start-up warm-up (VGG19 built,
     nothing compiled): what the first edit would cost if the server did not compile at start."""
     log(f"  in-process engine without the start-up warm-up, {size} px, {steps} steps")
-    cold = StyleEngine()
+    cold = StyleEngine(resolve_weights())
     cold.load(warm_up=False)
     p = params_for(cold, size, steps)
     times = []
@@ -640,41 +658,81 @@ def lbfgs_host_cost(height: int, width: int, iterations: int = 20) -> tuple[floa
     return per_iter, per_fun, first_call[0] - started
 
 
-def ours_lbfgs_host_cost(height: int, width: int, iterations: int = 20) -> tuple[float, float]:
-    """(s per iteration, of which the function) of nst_server.engine.lbfgs on the same trivial
-    quadratic as ``lbfgs_host_cost``: the optimiser's own work per iteration (two-loop recursion
-    over 20 pairs, projection, Armijo test), here on the CPU, on a GPU on the device."""
+def ours_lbfgs_host_cost(
+    height: int, width: int, iterations: int = 20, *, compiled: bool = True
+) -> tuple[float, float]:
+    """(s per iteration, of which the function) of our L-BFGS on the same trivial quadratic as
+    ``lbfgs_host_cost``: the optimiser's own work per iteration (two-loop recursion over 20
+    pairs, projection, line search), here on the CPU, on a GPU on the device. ``compiled``: the
+    engine's (one ``tf.function`` per iteration); else the eager one it replaced."""
     import tensorflow as tf
 
-    from nst_server.engine import lbfgs
-    from nst_server.engine.core import LBFGS_MEMORY
+    from bench import eager_lbfgs
+    from nst_server.engine.optimisers import LBFGS, LBFGS_MEMORY
 
-    n = height * width * 3
+    shape = (1, height, width, 3)
     rng = np.random.default_rng(0)
-    target = tf.constant(rng.uniform(0.0, 1.0, n), tf.float32)
-    scale = tf.constant(rng.uniform(0.1, 10.0, n), tf.float32)
-    spent = [0.0]
-    stamps: list[float] = []
-    calls: list[float] = []
+    target = tf.constant(rng.uniform(0.0, 1.0, shape), tf.float32)
+    scale = tf.constant(rng.uniform(0.1, 10.0, shape), tf.float32)
+    image = tf.TensorSpec((1, None, None, 3), tf.float32)
 
-    def objective(x: tf.Tensor) -> tuple[float, tf.Tensor, None]:
-        t0 = time.perf_counter()
+    @tf.function(input_signature=[image, (image, image)])
+    def quadratic(x, args):
+        scale, target = args
         d = x - target
-        loss = float(0.5 * tf.reduce_sum(scale * d * d))
-        spent[0] += time.perf_counter() - t0
-        return loss, scale * d, None
+        loss = 0.5 * tf.reduce_sum(scale * d * d)
+        return loss, loss[tf.newaxis], scale * d
 
-    def callback(iteration: int, x: tf.Tensor, extra: object) -> None:
-        stamps.append(time.perf_counter())
-        calls.append(spent[0])
+    # The function alone, timed the way each implementation calls it.
+    x0 = tf.fill(shape, 0.5)
+    quadratic(x0, (scale, target))
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        float(quadratic(x0, (scale, target))[0])
+    per_fun = (time.perf_counter() - t0) / iterations
+    stamps: list[float] = []
+    if compiled:
+        optimiser = LBFGS(quadratic, (image, image))
+        optimiser.start(x0, (scale, target))
+        for _ in range(iterations):
+            optimiser.step((scale, target))
+            stamps.append(time.perf_counter())
+    else:
 
-    lbfgs.minimize(
-        objective, tf.fill((n,), 0.5), iterations, memory=LBFGS_MEMORY, callback=callback
-    )
+        def objective(x: tf.Tensor) -> tuple[float, tf.Tensor, None]:
+            loss, _, grad = quadratic(x, (scale, target))
+            return float(loss), grad, None
+
+        eager_lbfgs.minimize(
+            objective,
+            x0,
+            iterations,
+            memory=LBFGS_MEMORY,
+            callback=lambda i, x, extra: stamps.append(time.perf_counter()),
+        )
+    # The later half: the correction memory is full there, as in a long run.
     half = len(stamps) // 2
     per_iter = (stamps[-1] - stamps[half]) / max(1, len(stamps) - 1 - half)
-    per_fun = (calls[-1] - calls[half]) / max(1, len(calls) - 1 - half)
     return per_iter, per_fun
+
+
+@contextlib.contextmanager
+def reference_lbfgsb(engine: StyleEngine):
+    """The engine with scipy's L-BFGS-B (tests/engine/scipy_reference.py) as its L-BFGS."""
+    from nst_server.engine.objective import targets_signature
+
+    own = engine._optimiser  # noqa: SLF001
+
+    def choose(plan, model, params):
+        if params.optimizer != "lbfgs":
+            return own(plan, model, params)
+        return ScipyLBFGSB(engine._objective(plan, model), targets_signature(plan))  # noqa: SLF001
+
+    engine._optimiser = choose  # noqa: SLF001
+    try:
+        yield engine
+    finally:
+        del engine._optimiser  # noqa: SLF001 - back to the class's method
 
 
 def section_lbfgs_host(res: Results, cfg: Config) -> None:
@@ -690,9 +748,17 @@ def section_lbfgs_host(res: Results, cfg: Config) -> None:
             f"function {got['function']:.3f} s; set-up {got['setup']:.2f} s"
         )
         row["scipy"] = got
-        per_iter, per_fun = ours_lbfgs_host_cost(h, w)
-        log(f"  ours: {per_iter:.3f} s/iteration, of which the function {per_fun:.3f} s")
-        row["ours"] = {"iteration": per_iter, "function": per_fun, "setup": 0.0}
+        for label, compiled in (("eager", False), ("ours", True), ("eager", False), ("ours", True)):
+            per_iter, per_fun = ours_lbfgs_host_cost(h, w, compiled=compiled)
+            log(f"  {label}: {per_iter:.3f} s/iteration, of which the function {per_fun:.3f} s")
+            row.setdefault(label + "_runs", []).append((per_iter, per_fun))
+        for label in ("eager", "ours"):  # A B A B: the median of each, load falls on both
+            runs = row.pop(label + "_runs")
+            row[label] = {
+                "iteration": median([r[0] for r in runs]),
+                "function": median([r[1] for r in runs]),
+                "setup": 0.0,
+            }
         res.lbfgs_host.append(row)
 
 
@@ -732,7 +798,7 @@ def child_lbfgs(size: int) -> None:
 def child_memory(which: str, size: int, steps: int) -> None:
     """Run in a fresh process: a short run, then print the process's peak RSS as JSON."""
     if which == "ours":
-        engine = StyleEngine()
+        engine = StyleEngine(resolve_weights())
         engine.stylize(load_rgb(CONTENT), [load_rgb(STYLE)], params_for(engine, size, steps))
     else:
         run_baseline(CONTENT, STYLE, size, steps)
@@ -755,36 +821,174 @@ def section_variants(res: Results, cfg: Config, engine: StyleEngine, content, st
     ]
     size, n = cfg.variant_size, cfg.variant_steps
     res.loads["variants"] = load_avg()
-    default_backend = engine.lbfgs
-    try:
-        for label, overrides, backend in variants:
-            engine.lbfgs = backend
-            log(f"variant {label}, {size} px, {n + 1} steps")
-            try:
+
+    def with_backend(backend: str):
+        return reference_lbfgsb(engine) if backend == "scipy" else contextlib.nullcontext()
+
+    for label, overrides, backend in variants:
+        log(f"variant {label}, {size} px, {n + 1} steps")
+        try:
+            with with_backend(backend):
                 first, times = engine_step_times(engine, content, style, size, n, **overrides)
-                res.variants.append(
-                    {"label": label, "size": size, "first": first, "step": median(times)}
-                )
-                log(f"  {median(times):.3f} s/step (first {first:.1f} s)")
-            except Exception as exc:  # an option unsupported on this device is a result too
-                res.variants.append({"label": label, "size": size, "error": str(exc)[:120]})
-                log(f"  failed: {exc}")
-        defaults = StyleParams.for_device(engine.device)
-        params = dataclasses.replace(defaults, iterations=cfg.edit_steps)
-        scoring = dataclasses.replace(params, precision="float32")
-        for backend in ("scipy", "tensorflow"):
-            engine.lbfgs = backend
+            res.variants.append(
+                {"label": label, "size": size, "first": first, "step": median(times)}
+            )
+            log(f"  {median(times):.3f} s/step (first {first:.1f} s)")
+        except Exception as exc:  # an option unsupported on this device is a result too
+            res.variants.append({"label": label, "size": size, "error": str(exc)[:120]})
+            log(f"  failed: {exc}")
+    defaults = StyleParams.for_device(engine.device)
+    params = dataclasses.replace(defaults, iterations=cfg.edit_steps)
+    scoring = dataclasses.replace(params, precision="float32")
+    for backend in ("scipy", "tensorflow"):
+        with with_backend(backend):
             engine.stylize(content, [style], params)  # warm: targets cached, as in a server
             log(f"default edit ({params.max_size} px, {params.iterations} steps), {backend}")
             t0 = time.perf_counter()
             out = engine.stylize(content, [style], params)
             seconds = time.perf_counter() - t0
-            h, w = fit_size(*content.shape[:2], params.max_size)
-            loss = engine.loss_terms(_resized(out, (h, w)), content, [style], scoring)["total"]
-            log(f"  {seconds:.1f} s, loss {loss:.4f}")
-            res.optimisers.append({"lbfgs": backend, "seconds": seconds, "loss": loss})
-    finally:
-        engine.lbfgs = default_backend
+        h, w = fit_size(*content.shape[:2], params.max_size)
+        loss = engine.loss_terms(_resized(out, (h, w)), content, [style], scoring)["total"]
+        log(f"  {seconds:.1f} s, loss {loss:.4f}")
+        res.optimisers.append({"lbfgs": backend, "seconds": seconds, "loss": loss})
+
+
+#: The commit on main before issue 13's engine work: the "before" of the before/after figures.
+BEFORE_COMMIT = "eb9385d"
+
+
+def before_tree(commit: str = BEFORE_COMMIT) -> Path:
+    """That commit's files, extracted once per run into a temporary folder (git archive)."""
+    target = Path(tempfile.gettempdir()) / f"nst-before-{commit}"
+    if not (target / "nst_server").is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", commit], cwd=REPO, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
+def section_before_after(res: Results, cfg: Config) -> None:
+    """Per-step and whole-edit times of the engine before (BEFORE_COMMIT) and after, each in a
+    fresh process, interleaved (before, after, before, after) so load falls on both."""
+    res.loads["before/after"] = load_avg()
+    trees = {"before": before_tree(), "after": REPO}
+    runs: dict[str, list[dict]] = {"before": [], "after": []}
+    for _ in range(cfg.before_repeats):
+        for label, tree in trees.items():
+            log(f"engine {label}: steps {cfg.before_steps}, edits {cfg.before_edits}")
+            args = [
+                str(REPO / "bench" / "edit_timing.py"),
+                str(tree),
+                "--images",
+                str(SHARED_IMAGES),
+            ]
+            for spec in cfg.before_steps:
+                args += ["--steps", spec]
+            for spec in cfg.before_edits:
+                args += ["--edits", spec]
+            out = subprocess.run(
+                [sys.executable, *args], cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout
+            runs[label].append(json.loads(out.strip().splitlines()[-1]))
+            log(f"  {runs[label][-1]}")
+    res.before_after = {
+        "commit": BEFORE_COMMIT,
+        "runs": runs,
+        **{
+            label: {
+                kind: {size: median([r[kind][size] for r in rows]) for size in rows[0][kind]}
+                for kind in ("step_s", "edit_s")
+            }
+            for label, rows in runs.items()
+        },
+    }
+
+
+def section_style_losses(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:
+    """Seconds per step of each style loss at each size (one loss after the other, twice)."""
+    res.loads["style losses"] = load_avg()
+    for size in cfg.loss_sizes:
+        times: dict[str, list[float]] = {kind: [] for kind in ("gram", "wasserstein", "sliced")}
+        for _ in range(2):
+            for kind in times:
+                log(f"style loss {kind}, {size} px, {cfg.loss_steps + 1} steps")
+                _, steps = engine_step_times(
+                    engine, content, style, size, cfg.loss_steps, style_loss=kind
+                )
+                times[kind] += steps
+        row = {"size": size, **{kind: median(t) for kind, t in times.items()}}
+        log(f"  {row}")
+        res.style_losses.append(row)
+
+
+def section_detail(res: Results, cfg: Config, engine: StyleEngine, content, style) -> None:
+    """A default edit of a photo larger than the processing size, enlarged plainly and with the
+    detail pass (warm, plain, detail, plain, detail)."""
+    res.loads["detail"] = load_avg()
+    h, w = content.shape[:2]
+    photo = _resized(content, fit_size(h, w, cfg.detail_photo, upscale=True))
+    defaults = StyleParams.for_device(engine.device)
+    if cfg is QUICK:
+        defaults = dataclasses.replace(defaults, iterations=20, max_size=128)
+    times: dict[str, list[float]] = {"plain": [], "detail": []}
+    for upscale in times:  # warm: traced, style targets cached
+        engine.stylize(photo, [style], dataclasses.replace(defaults, upscale=upscale))
+    for _ in range(2):
+        for upscale in times:
+            log(f"default edit of a {photo.shape[1]}x{photo.shape[0]} photo, upscale {upscale}")
+            t0 = time.perf_counter()
+            engine.stylize(photo, [style], dataclasses.replace(defaults, upscale=upscale))
+            times[upscale].append(time.perf_counter() - t0)
+            log(f"  {times[upscale][-1]:.1f} s")
+    res.detail = {
+        "photo": f"{photo.shape[1]}x{photo.shape[0]}",
+        "max_size": defaults.max_size,
+        "iterations": defaults.iterations,
+        "plain": median(times["plain"]),
+        "detail": median(times["detail"]),
+        "all": times,
+    }
+
+
+def lbfgs_kernels() -> int:
+    """Operations in one compiled L-BFGS iteration with its line search, the objective's own
+    excepted (counted from the traced graphs, each loop and branch body once)."""
+    import tensorflow as tf
+
+    from nst_server.engine.optimisers import LBFGS
+
+    image = tf.TensorSpec((1, None, None, 3), tf.float32)
+
+    @tf.function(input_signature=[image, ()])
+    def trivial(x, args):
+        return tf.reduce_sum(x), tf.zeros([4]), x
+
+    optimiser = LBFGS(trivial, ())
+    graph = optimiser._step_fn.get_concrete_function().graph  # noqa: SLF001
+    seen: set[str] = set()
+
+    def count(g) -> int:
+        total = 0
+        for op in g.get_operations():
+            if op.type in ("Placeholder", "Const", "NoOp", "Identity"):
+                continue
+            total += 1
+            for attr in ("body", "cond", "then_branch", "else_branch", "f"):
+                try:
+                    name = op.get_attr(attr).name
+                except (ValueError, AttributeError):
+                    continue
+                if name in seen or "trivial" in name:
+                    continue
+                seen.add(name)
+                fn = g._get_function(name)  # noqa: SLF001
+                if fn is not None:
+                    total += count(fn.graph)
+        return total
+
+    return count(graph)
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -824,6 +1028,16 @@ def render(res: Results, cfg: Config) -> str:
         "keeps one to two cores busy, so values well above 2 would mean another process "
         f"competed and the times are inflated): {loads}.\n"
     )
+
+    if res.measured:
+        add(
+            "Sections measured in separate runs (`--only ... --merge`), each with its date: "
+            + ", ".join(f"{k} {v}" for k, v in res.measured.items())
+            + ". Figures of sections without a date come from the run started above.\n"
+        )
+    engine = engine_section(res, cfg)
+    if engine:
+        add(engine)
 
     add("## Against the issue's targets\n")
     add("| target | measured | met |")
@@ -1093,7 +1307,9 @@ def render(res: Results, cfg: Config) -> str:
     add("| size | variables | L-BFGS | s/iteration | of which the function | set-up per run |")
     add("|---|---|---|---|---|---|")
     for r in res.lbfgs_host:
-        for label in ("scipy", "ours"):
+        for label in ("scipy", "eager", "ours"):
+            if label not in r:
+                continue
             q = r[label]
             add(
                 f"| {r['size']} px | {r['shape']}x3 | {label} | {q['iteration']:.3f} | "
@@ -1102,6 +1318,64 @@ def render(res: Results, cfg: Config) -> str:
     add("")
     add(gpu_section(res))
     return "\n".join(out) + "\n"
+
+
+def engine_section(res: Results, cfg: Config) -> str:
+    """Issue 13: the engine before and after (compiled L-BFGS, new defaults), the style losses,
+    the detail pass."""
+    lines: list[str] = []
+    add = lines.append
+    if not (res.before_after or res.style_losses or res.detail):
+        return ""
+    add("## The engine before and after issue 13\n")
+    if res.before_after:
+        ba = res.before_after
+        add(
+            f"Before: the engine at commit `{ba['commit']}` (main before this work: eager L-BFGS "
+            "with ~170 op launches and several host reads per iteration, Gram loss, fixed style "
+            "weight 20). After: this tree (one compiled L-BFGS iteration, strength calibrated "
+            "per painting). Each side in a fresh process, interleaved before/after "
+            f"({len(ba['runs']['before'])} runs each, medians), by `bench/edit_timing.py`; "
+            "Tübingen + The Starry Night, mixed bfloat16 (`auto` here). Per step: coarse to "
+            "fine off, after an untimed job at the same size. Per edit: the device's default "
+            "job at that size, the second of two identical edits (warm, as in a server). "
+            "Per-edit times include each side's own line searches and, after, the strength "
+            "calibration; the pictures differ (new defaults).\n"
+        )
+        add("| | before | after | after / before |")
+        add("|---|---|---|---|")
+        for kind, label in (("step_s", "s per step"), ("edit_s", "s per default edit")):
+            for size, before in ba["before"][kind].items():
+                after = ba["after"][kind][size]
+                add(f"| {label}, {size} px | {before:.3f} | {after:.3f} | {after / before:.2f} |")
+        add("")
+    if res.style_losses:
+        add(
+            "Seconds per L-BFGS step with each style loss (coarse to fine off, two runs of "
+            f"{cfg.loss_steps} timed steps each, medians; the extra work of 'wasserstein' is "
+            "an eigendecomposition per style layer per evaluation, of 'sliced' a sort of "
+            "every layer's projections):\n"
+        )
+        add("| size | gram | wasserstein | sliced |")
+        add("|---|---|---|---|")
+        for r in res.style_losses:
+            add(
+                f"| {r['size']} px | {r['gram']:.3f} | {r['wasserstein']:.3f} "
+                f"({r['wasserstein'] / r['gram']:.2f}x) | {r['sliced']:.3f} "
+                f"({r['sliced'] / r['gram']:.2f}x) |"
+            )
+        add("")
+    if res.detail:
+        d = res.detail
+        extra = d["detail"] / d["plain"] - 1
+        add(
+            f"A default edit ({d['iterations']} steps, processed at {d['max_size']} px) of a "
+            f"{d['photo']} photo, enlarged plainly and with `upscale` 'detail' (a last pass "
+            f"at the photo's size over tiles): plain {d['plain']:.1f} s, detail "
+            f"{d['detail']:.1f} s, +{extra:.0%} (medians of two, warm). The issue's rule: "
+            "'detail' becomes the default only at most +30%.\n"
+        )
+    return "\n".join(lines)
 
 
 def gpu_section(res: Results | None = None) -> str:
@@ -1141,19 +1415,26 @@ def gpu_section(res: Results | None = None) -> str:
     ]
     tf32 = H100["TF32 tensor"] * GPU_EFFICIENCY
 
-    # The L-BFGS two-loop over 20 pairs reads/writes ~210 image-sized float32 vectors per
-    # iteration; ~170 eager op launches (~10 us each) and ~5 scalar reads to the host.
+    kernels = lbfgs_kernels()
+
+    # Per iteration the compiled L-BFGS reads its 20 pairs of S and Y twice (products, then the
+    # combination) and moves ~10 more image-sized vectors (line search, update, copies); its
+    # ~200 graph ops are dispatched by TensorFlow's executor, not by Python, ~5 us each at
+    # worst; one host read (the loss terms) per iteration.
     def lbfgs_ms(values: int) -> float:
-        return 210 * values * 4 / 2.5e12 * 1e3 + 170 * 0.01 + 5 * 0.03
+        return (4 * 20 + 10) * values * 4 / 2.5e12 * 1e3 + kernels * 0.005 + 0.03
 
     n = 512 * 512 * 3
     lines.append(
-        "Our L-BFGS runs on the device (`nst_server/engine/lbfgs.py`, the default): per "
-        f"iteration at 512 px it moves ~{210 * n * 4 / 1e9:.1f} GB through memory (~"
-        f"{210 * n * 4 / 2.5e12 * 1e3:.2f} ms at 2.5 TB/s) and launches ~170 small eager ops, "
-        f"so about {lbfgs_ms(n):.1f} ms per iteration on top of the step, and no PCIe copies of "
-        "the image (scipy's would copy image and gradient each way per evaluation, in "
-        "float64, and do its update on the host: measured above).\n"
+        "Our L-BFGS (`nst_server/engine/optimisers.py`) runs one compiled `tf.function` per "
+        f"iteration, line search included: {kernels} graph operations besides VGG19's, "
+        "counted from the traced graphs (each loop and branch body once), and one copy to the "
+        f"host (the loss terms). At 512 px it moves ~{90 * n * 4 / 1e9:.2f} GB through "
+        f"memory (~{90 * n * 4 / 2.5e12 * 1e3:.2f} ms at 2.5 TB/s), so an estimate of "
+        f"{lbfgs_ms(n):.1f} ms per iteration on top of the step. The eager version it replaced "
+        "launched ~170 ops from Python (~20-50 us each on a GPU) and read ~5 scalars back per "
+        "iteration, each a sync that drains the GPU's queue: ~5-8 ms per iteration, more than "
+        "the 2 ms step itself (estimates, not measured: no GPU here).\n"
     )
     for label, long_side, c2f in (("512 px", 512, False), ("2048 px coarse to fine", 2048, True)):
         h = long_side * 3 // 4
@@ -1183,21 +1464,53 @@ def gpu_section(res: Results | None = None) -> str:
 # --- main -------------------------------------------------------------------------------------
 
 
-def run(cfg: Config, quick: bool) -> Results:
+#: Sections in the order a full run takes them; ``--only`` picks some (and ``--merge`` keeps
+#: the other sections' figures from an earlier run).
+SECTIONS = (
+    "per_step",
+    "quality",
+    "edits",
+    "variants",
+    "lbfgs_host",
+    "memory",
+    "before_after",
+    "style_losses",
+    "detail",
+)
+
+
+def run(
+    cfg: Config, quick: bool, only: Sequence[str] = SECTIONS, base: Results | None = None
+) -> Results:
     started = time.perf_counter()
-    res = Results(machine=machine(), quick=quick, started=time.strftime("%Y-%m-%d %H:%M"))
+    res = base or Results(machine=machine(), quick=quick, started=time.strftime("%Y-%m-%d %H:%M"))
     log(f"machine: {res.machine}")
     content, style = load_rgb(CONTENT), load_rgb(STYLE)
-    engine = StyleEngine()
+    engine = StyleEngine(resolve_weights())
     engine.load()
     res.machine["auto_precision"] = engine.precision
     log(f"precision 'auto' means {engine.precision} here")
-    section_per_step(res, cfg, engine, content, style)
-    section_quality(res, cfg, engine, content, style)
-    section_edits(res, cfg, engine, content, style)
-    section_variants(res, cfg, engine, content, style)
-    section_lbfgs_host(res, cfg)
-    section_memory(res, cfg)
+    with_engine = {
+        "per_step": section_per_step,
+        "quality": section_quality,
+        "edits": section_edits,
+        "variants": section_variants,
+        "style_losses": section_style_losses,
+        "detail": section_detail,
+    }
+    alone = {
+        "lbfgs_host": section_lbfgs_host,
+        "memory": section_memory,
+        "before_after": section_before_after,
+    }
+    for name in SECTIONS:
+        if name not in only:
+            continue
+        if name in with_engine:
+            with_engine[name](res, cfg, engine, content, style)
+        else:
+            alone[name](res, cfg)
+        res.measured[name] = time.strftime("%Y-%m-%d %H:%M")
     res.wall_s = time.perf_counter() - started
     return res
 
@@ -1211,6 +1524,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument(
         "--render", metavar="JSON", help="only re-render a report from a --json file of a run"
+    )
+    ap.add_argument("--only", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
+    ap.add_argument(
+        "--merge", metavar="JSON", help="start from this run's results; --only replaces some"
     )
     ap.add_argument("--child-memory", choices=("ours", "baseline"), help=argparse.SUPPRESS)
     ap.add_argument("--child-lbfgs", action="store_true", help=argparse.SUPPRESS)
@@ -1230,7 +1547,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not CONTENT.is_file() or not STYLE.is_file():
             sys.exit(f"test images not found ({CONTENT}, {STYLE}); set NST_SHARED_IMAGES")
         cfg = QUICK if args.quick else FULL
-        res = run(cfg, args.quick)
+        only = args.only.split(",") if args.only else SECTIONS
+        unknown = set(only) - set(SECTIONS)
+        if unknown:
+            sys.exit(f"unknown section(s): {', '.join(sorted(unknown))}")
+        base = Results(**json.loads(Path(args.merge).read_text())) if args.merge else None
+        res = run(cfg, args.quick, only, base)
     report = render(res, cfg)
     print("\n" + report)
     out = args.out or (None if res.quick else str(REPO / "BENCHMARKS.md"))

@@ -90,9 +90,10 @@ def measure_here(case: str) -> dict:
     from nst_server.engine import StyleEngine
     from nst_server.engine.planning import plan_job
     from nst_server.params import StyleParams
+    from nst_server.weights import resolve_weights
 
     (h, w), style_hw, has_mask, overrides = _parse_case(case)
-    engine = StyleEngine()
+    engine = StyleEngine(resolve_weights())
     engine.load()
     params = StyleParams.from_mapping(overrides, engine.device)
     plan = plan_job((h, w), [style_hw], params, has_mask=has_mask)

@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from nst_server.engine import StyleEngine  # noqa: E402
 from nst_server.images import encode_png  # noqa: E402
 from nst_server.params import StyleParams  # noqa: E402
+from nst_server.weights import resolve_weights  # noqa: E402
 from tests.conftest import synthetic_painting, synthetic_photo  # noqa: E402
 from tests.live_server import LiveServer  # noqa: E402
 
@@ -51,7 +52,7 @@ def main() -> None:
     ap.add_argument("--job-steps", type=int, default=None, help="default: the device's")
     args = ap.parse_args()
 
-    engine = StyleEngine()
+    engine = StyleEngine(resolve_weights())
     engine.load()
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "

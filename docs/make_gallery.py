@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from nst_server.engine import StyleEngine  # noqa: E402
 from nst_server.params import StyleParams  # noqa: E402
+from nst_server.weights import resolve_weights  # noqa: E402
 
 SHARED = Path(os.environ.get("NST_SHARED_IMAGES", REPO.parent / "shared" / "images"))
 PHOTOS = {"tubingen": "content/tubingen.jpg", "golden_gate": "content/golden_gate.jpg"}
@@ -177,7 +178,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     timings_path = args.out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    engine = StyleEngine()
+    engine = StyleEngine(resolve_weights())
     engine.load()
     for name in args.only or RENDERS:
         if (args.out / f"{name}.jpg").exists() and not args.force:

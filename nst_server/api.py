@@ -150,8 +150,9 @@ def create_app(
 
     if engine is None:
         from nst_server.engine import StyleEngine  # imports TensorFlow: only when needed
+        from nst_server.weights import resolve_weights
 
-        engine = StyleEngine(settings.weights)
+        engine = StyleEngine(resolve_weights(settings.weights))
     queue = JobQueue(
         engine,
         capacity=settings.queue_size,

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -32,8 +33,6 @@ _CLI_MAX_PIXELS = 100_000_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Before TensorFlow is imported: its C++ start-up banner is noise to an artist.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0].startswith("-") and args[0] not in ("-h", "--help", "--version"):
         args.insert(0, "serve")  # plain `nst-server` starts the server
@@ -281,24 +280,39 @@ def _stylize(ns: argparse.Namespace) -> int:
         print(f"nst-server: {exc}", file=sys.stderr)
         return 2
 
-    from nst_server.engine import EngineError, StyleEngine
-    from nst_server.weights import WeightsError
+    from nst_server.engine import EngineError, FinishEarly, StyleEngine
+    from nst_server.weights import WeightsError, resolve_weights
 
     try:
-        engine = StyleEngine(ns.weights, fetch=True)
+        engine = StyleEngine(resolve_weights(ns.weights, fetch=True))
         params = StyleParams.from_mapping(overrides, engine.device)
         print(
-            f"weights: {engine.weights_description}\ndevice: {engine.device} "
-            f"({engine.precision if params.precision == 'auto' else params.precision}); "
+            f"weights: {engine.weights_description}\n{engine.description}"
+            f"{'' if params.precision == 'auto' else f' (asked: {params.precision})'}; "
             f"{params.iterations} {params.optimizer} steps at max_size {params.max_size}",
             file=sys.stderr,
         )
         bar = None if ns.quiet else _ProgressBar()
-        result = engine.stylize(
-            content.pixels, styles, params, bar, mask=mask, init_image=init_image
-        )
+        kept: list[int] = []
+
+        with _KeepOnInterrupt() as interrupt:
+
+            def on_progress(event: Any) -> None:
+                if bar:
+                    bar(event)
+                if event.phase == "optimising":
+                    kept[:] = [event.step, event.total]
+                    if interrupt.requested:
+                        raise FinishEarly
+
+            result = engine.stylize(
+                content.pixels, styles, params, on_progress, mask=mask, init_image=init_image
+            )
+            early = interrupt.requested
         if bar:
             bar.finish()
+        if early and kept:
+            print(f"kept the picture after step {kept[0]} of {kept[1]}", file=sys.stderr)
         ns.output.parent.mkdir(parents=True, exist_ok=True)
         ns.output.write_bytes(encode_png(result, bit_depth=content.bit_depth))
     except (OSError, WeightsError, EngineError) as exc:
@@ -306,6 +320,37 @@ def _stylize(ns: argparse.Namespace) -> int:
         return 2
     print(f"wrote {ns.output}", file=sys.stderr)
     return 0
+
+
+class _KeepOnInterrupt:
+    """Ctrl-C during a run: the first asks to finish after the current step and keep the picture
+    so far; a second aborts at once, writing nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _KeepOnInterrupt:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread (embedded use): Ctrl-C keeps its meaning
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            print("\naborted", file=sys.stderr, flush=True)
+            os._exit(130)  # at once: the step under way may take seconds
+        self.requested = True
+        print(
+            "\nfinishing after this step and keeping the picture so far (Ctrl-C again to abort)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class _ProgressBar:

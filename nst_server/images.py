@@ -78,7 +78,8 @@ class ImageTooLarge(ImageError):
 class ImageInfo:
     """What an upload's header says, before any pixel is decoded.
 
-    ``channels``: 3 or 4 once decoded (4 when it has alpha); ``bit_depth`` 8 or 16.
+    ``channels``: 3 or 4 once decoded (4 when it has, or for a 16-bit PNG may have, alpha:
+    an upper bound for memory estimates); ``bit_depth`` 8 or 16.
     """
 
     format: str

@@ -44,6 +44,7 @@ from nst_server.images import (
     thumbnail_png,
 )
 from nst_server.params import StyleParams
+from nst_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ PREVIEW_SIZE = 256
 
 #: The budget of a queue built without one (tests): effectively none.
 UNLIMITED = 2**50
+
+#: The settings' defaults (one declaration: nst_server/settings.py).
+_DEFAULTS = ServerSettings()
 
 
 class Engine(Protocol):
@@ -247,12 +251,12 @@ class JobQueue:
         self,
         engine: Engine,
         *,
-        capacity: int = 16,
-        abandon_after_s: float = 30.0,
-        ttl_s: float = 900.0,
-        max_finished: int = 64,
-        idle_unload_s: float = 0.0,
-        max_pixels: int = 40_000_000,
+        capacity: int = _DEFAULTS.queue_size,
+        abandon_after_s: float = _DEFAULTS.abandon_after_s,
+        ttl_s: float = _DEFAULTS.job_ttl_s,
+        max_finished: int = _DEFAULTS.max_finished_jobs,
+        idle_unload_s: float = _DEFAULTS.idle_unload_s,
+        max_pixels: int = _DEFAULTS.max_pixels,
         budget: MemoryBudget | None = None,
         log_path: str | None = None,
         tick_s: float = 0.25,
@@ -644,6 +648,8 @@ class JobQueue:
             }
             if event.size is not None:
                 update["size"] = list(event.size)
+            if getattr(event, "result_size", None) is not None:  # with size: the enlargement
+                update["result_size"] = list(event.result_size)
             if getattr(event, "scales", 1) > 1:  # coarse-to-fine: which pass this is
                 update["scale"], update["scales"] = event.scale, event.scales
             if getattr(event, "note", None):

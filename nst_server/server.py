@@ -144,6 +144,7 @@ def serve(settings: ServerSettings, *, weights: Any = None) -> None:
     from nst_server.api import create_app, get_queue
     from nst_server.engine import StyleEngine
     from nst_server.front import create_front, server_url
+    from nst_server.weights import resolve_weights
 
     log_file = settings.log_path()
     try:
@@ -155,7 +156,7 @@ def serve(settings: ServerSettings, *, weights: Any = None) -> None:
     # Waitress spools large bodies and answers to temporary files: never in the shared /tmp.
     tempfile.tempdir = str(private_dir(spool_dir()))
     raise_file_limit(settings.connection_limit + 256)
-    engine = StyleEngine(weights if weights is not None else settings.weights)
+    engine = StyleEngine(weights if weights is not None else resolve_weights(settings.weights))
     app = create_app(settings, engine=engine, authenticator=authenticator, start_worker=False)
     queue = get_queue(app)
     try:

@@ -32,10 +32,10 @@ def engine():
     Fails, never skips, when the weights are missing: every proof of the engine needs them.
     """
     from nst_server.engine import StyleEngine
-    from nst_server.weights import WeightsError
+    from nst_server.weights import WeightsError, resolve_weights
 
     try:
-        eng = StyleEngine()
+        eng = StyleEngine(resolve_weights())
     except WeightsError as exc:
         pytest.fail(f"real VGG19 weights needed (run `nst-server fetch-weights`): {exc}")
     eng.load()

@@ -120,7 +120,9 @@ class FakeEngine:
         self.started.set()
         notify = on_progress or (lambda event: None)
         h, w = content.shape[:2]
-        notify(Progress("preparing", 0, params.iterations, 0.0, size=(w, h)))
+        notify(
+            Progress(phase="preparing", step=0, total=params.iterations, elapsed_s=0.0, size=(w, h))
+        )
         self._maybe_wait("preparing")
         self._fail()
         steps = params.iterations
@@ -131,12 +133,12 @@ class FakeEngine:
             preview = np.full((h, w, 3), step / steps, dtype=np.float32)
             notify(
                 Progress(
-                    "optimising",
-                    step,
-                    steps,
-                    0.01 * step,
-                    0.01 * (steps - step),
-                    {"total": 1.0 / step, "content": 0.5, "style": 0.5, "tv": 0.0},
+                    phase="optimising",
+                    step=step,
+                    total=steps,
+                    elapsed_s=0.01 * step,
+                    eta_s=0.01 * (steps - step),
+                    losses={"total": 1.0 / step, "content": 0.5, "style": 0.5, "tv": 0.0},
                     size=(w, h),
                     preview=preview,
                 )

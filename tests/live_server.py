@@ -103,12 +103,14 @@ def serve_command(
     abandon_after_s: float | None = None,
     queue_size: int | None = None,
     token_file: Path | None = None,
+    tokens: bool = True,
 ) -> list[str]:
     """The argv of ``python -m nst_server serve`` on 127.0.0.1:``port`` (None: server default;
-    the token file: ``session_token_file()``)."""
+    the token file: ``session_token_file()``; ``tokens`` False: a version from before them)."""
     command = [sys.executable, "-m", "nst_server", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--log-file", str(log_file)]
-    command += ["--token-file", str(token_file or session_token_file())]
+    if tokens:
+        command += ["--token-file", str(token_file or session_token_file())]
     if abandon_after_s is not None:
         command += ["--abandon-after", str(abandon_after_s)]
     if queue_size is not None:
@@ -133,8 +135,12 @@ class LiveServer:
         abandon_after_s: float | None = 2.0,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        repo: Path = REPO,
     ) -> None:
         self.workdir = Path(workdir)
+        self.repo = Path(repo)  # another checkout, e.g. an older version (bench/security_probe)
+        #: False for a version from before tokens: then no request carries one.
+        self.tokens = (self.repo / "nst_server" / "auth.py").exists()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.log_file = self.workdir / "server.log"
@@ -147,9 +153,11 @@ class LiveServer:
         from nst_server.auth import ensure_token
 
         self.token, _ = ensure_token(self.token_file)
+        if not self.tokens:
+            self.token = ""
         self.env = {
             **os.environ,
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(self.repo),
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "NST_RETRY_AFTER_S": "1",  # clients told to come back (429) do so quickly
             "XDG_CONFIG_HOME": str(self.workdir / "config"),
@@ -174,6 +182,7 @@ class LiveServer:
             abandon_after_s=self.abandon_after_s,
             queue_size=self.queue_size,
             token_file=self.token_file,
+            tokens=self.tokens,
         )
         with open(self.stderr_file, "ab") as err:
             self.process = subprocess.Popen(
@@ -263,7 +272,7 @@ class LiveServer:
 
     @property
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def request(
         self,

@@ -62,5 +62,36 @@ def test_report_renders():
         QUICK,
     )
     assert "# Benchmarks" in report and "bench/benchmark.py --quick" in report
+    assert "before and after issue 13" not in report  # no such figures in this run
+
+
+def test_report_renders_the_engine_section():
+    times = {"step_s": {"256": 0.2}, "edit_s": {"384": 40.0}}
+    report = render(
+        Results(
+            machine=dict.fromkeys(("model", "cores", "ram", "python", "tensorflow"), "x"),
+            quick=True,
+            started="now",
+            before_after={
+                "commit": "abc",
+                "runs": {"before": [times], "after": [times]},
+                "before": times,
+                "after": times,
+            },
+            style_losses=[{"size": 384, "gram": 0.2, "wasserstein": 0.3, "sliced": 0.4}],
+            detail={
+                "photo": "1024x768",
+                "max_size": 384,
+                "iterations": 150,
+                "plain": 40.0,
+                "detail": 80.0,
+            },
+            measured={"detail": "now"},
+        ),
+        QUICK,
+    )
+    assert "before and after issue 13" in report and "| s per step, 256 px | 0.200 |" in report
+    assert "| 384 px | 0.200 | 0.300 (1.50x) | 0.400 (2.00x) |" in report
+    assert "plain 40.0 s, detail 80.0 s, +100%" in report
     # The FLOP count behind the GPU estimate: ~190 GFLOP forward at 512x512, ~380 per step.
     assert 185 < vgg19_gflop(512, 512) < 195

@@ -1,6 +1,7 @@
 """The style engine: VGG19 features, Gatys losses, L-BFGS/Adam. No HTTP in here.
 
-Importing this package does not import TensorFlow; ``StyleEngine`` does when first used.
+Importing this package does not import TensorFlow; ``StyleEngine`` does when first used, with
+TensorFlow's C++ start-up notices filtered (``device.import_tensorflow``).
 """
 
 from nst_server.engine.errors import EngineError

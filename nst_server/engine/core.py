@@ -2,115 +2,63 @@
 
 Contract: images are float32 arrays, H x W x 3 (RGB) or H x W x 4 (RGBA), values in [0, 1].
 The result has the content's height, width and channels; its alpha channel is the content's,
-untouched. Nothing here knows about HTTP or files.
+untouched. Nothing here knows about HTTP or files, or where the weights come from: the caller
+resolves them (``nst_server.weights.resolve_weights``) and hands them over.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
-import scipy.ndimage
-import scipy.optimize
-import tensorflow as tf
-from threadpoolctl import threadpool_limits
 
-from nst_server.engine import colour, lbfgs, losses, memory
+from nst_server.engine import colour, losses, memory
+from nst_server.engine.device import (
+    describe,
+    detect_device,
+    import_tensorflow,
+    resolve_precision,
+)
 from nst_server.engine.errors import EngineError
+from nst_server.engine.network import (
+    LayerPlan,
+    as_float32,
+    build_vgg19,
+    extractor,
+    layer_plan,
+    preprocess,
+    with_policy,
+)
+from nst_server.engine.objective import (
+    FLOAT16_OVERFLOW,
+    TERMS,
+    Targets,
+    build_objective,
+    targets_signature,
+)
+from nst_server.engine.optimisers import LBFGS, STANDSTILL, Adam, Optimiser
 from nst_server.engine.planning import JobPlan, plan_job
 from nst_server.engine.progress import FinishEarly, Progress, ProgressCallback
-from nst_server.params import STRENGTH_DEFAULT, VGG19_LAYERS, StyleParams
-from nst_server.weights import WeightsSource, load_weights, resolve_weights
+from nst_server.params import STRENGTH_DEFAULT, StyleParams
+from nst_server.weights import WeightsSource
 
+tf = import_tensorflow()
 log = logging.getLogger(__name__)
 
-#: Caffe-style VGG input: BGR, 0..255, ImageNet mean subtracted (what the weights were trained on).
-_BGR_MEAN = (103.939, 116.779, 123.68)
-
 #: How many (painting, size) style targets are kept between jobs: a coarse-to-fine run uses one
-#: per scale; a 512 px entry is about 2.4 MB.
+#: per pass; a 512 px Gram entry is about 2.4 MB.
 _STYLE_CACHE_SIZE = 48
-
-#: How preserve_colors works: "match" (the painting recoloured to the photo's colour mean and
-#: covariance before the transfer) or "luminance" (the result's luminance, the photo's chroma).
-#: Both were rendered on Tübingen + The Starry Night: "luminance" keeps every pixel's chroma
-#: exactly but reads as a textured photo; "match" keeps the photo's palette (mean chroma within
-#: 0.003) while each stroke varies in colour like paint, and the stars and swirls stay whole.
-#: "match" looked better.
-_COLOUR_METHOD = "match"
-#: L-BFGS history length (both implementations).
-LBFGS_MEMORY = 20
 #: Weight of the pixel anchor outside a mask: strong enough that the outside stays the photo.
 _ANCHOR_WEIGHT = 100.0
-
-
-def detect_device() -> str:
-    """Return "gpu" when TensorFlow sees one, turning on memory growth so others keep theirs."""
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        # RuntimeError: already initialised (a second engine in one process), harmless.
-        with contextlib.suppress(RuntimeError):
-            tf.config.experimental.set_memory_growth(gpu, True)
-    return "gpu" if gpus else "cpu"
-
-
-def native_bfloat16(device: str, cpu_flags: str | None = None) -> bool:
-    """Whether ``device`` has bfloat16 matrix units (where mixed bfloat16 is faster, not slower).
-
-    CPUs: the AMX-BF16 or AVX512-BF16 flags (oneDNN uses them; without them TensorFlow emulates
-    bfloat16 and is slower than float32). GPUs: NVIDIA compute capability 8.0 (Ampere) or later.
-    ``cpu_flags`` is the flags line of /proc/cpuinfo (read when None; tests pass their own).
-    """
-    if device == "gpu":
-        for gpu in tf.config.list_physical_devices("GPU"):
-            details = tf.config.experimental.get_device_details(gpu)
-            if tuple(details.get("compute_capability") or (0, 0)) < (8, 0):
-                return False
-        return True
-    if cpu_flags is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as info:
-                cpu_flags = next((ln for ln in info if ln.startswith("flags")), "")
-        except OSError:  # not Linux: no way to tell, float32 is the safe choice
-            return False
-    flags = set(cpu_flags.split(":", 1)[-1].split())
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
-
-
-def resolve_precision(precision: str, device: str, cpu_flags: str | None = None) -> str:
-    """The Keras dtype policy a job runs with: "auto" becomes mixed_bfloat16 or float32."""
-    if precision != "auto":
-        return precision
-    return "mixed_bfloat16" if native_bfloat16(device, cpu_flags) else "float32"
-
-
-def resize(image: np.ndarray | tf.Tensor, height: int, width: int) -> tf.Tensor:
-    """Anti-aliased Lanczos resize of an H x W x C float image, clipped to [0, 1]."""
-    image = tf.convert_to_tensor(image, tf.float32)
-    if image.shape[0] == height and image.shape[1] == width:
-        return image
-    resized = tf.image.resize(image, (height, width), method="lanczos3", antialias=True)
-    return tf.clip_by_value(resized, 0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class _LayerPlan:
-    """One compiled configuration: which extractor outputs are content and style features, the
-    dtype policy VGG19 computes in, and whether the step is XLA-compiled."""
-
-    outputs: tuple[str, ...]
-    content: tuple[int, ...]
-    style: tuple[int, ...]
-    policy: str = "float32"
-    jit: bool = False
+#: The mask's soft edge: a Gaussian of this share of the photo's longer side (at least 1 px).
+_FEATHER = 0.005
 
 
 class StyleEngine:
@@ -119,27 +67,25 @@ class StyleEngine:
     Thread-compatible, not thread-safe: one worker thread owns an engine (the job queue does).
     """
 
-    def __init__(self, weights: WeightsSource | str | None = None, *, fetch: bool = False) -> None:
-        self.weights = (
-            weights if isinstance(weights, WeightsSource) else resolve_weights(weights, fetch=fetch)
-        )
+    def __init__(self, weights: WeightsSource) -> None:
+        if not isinstance(weights, WeightsSource):
+            raise TypeError(
+                "StyleEngine needs resolved weights (nst_server.weights.resolve_weights)"
+            )
+        self.weights = weights
         self.device = detect_device()
-        #: Which L-BFGS runs: "tensorflow" (nst_server.engine.lbfgs: state and arithmetic on the
-        #: device, so a GPU never waits for the host; on this project's 2-core CPU a default
-        #: edit took 39 s against scipy's 51 s, same picture, loss within 1%) or "scipy"
-        #: (L-BFGS-B on the host in float64, with a better line search but per-step copies and
-        #: a per-pixel Python set-up of its bounds). Tests and benchmarks switch it.
-        self.lbfgs = "tensorflow"
         #: What precision "auto" means here (mixed_bfloat16 or float32).
         self.precision = resolve_precision("auto", self.device)
+        #: Seconds between the previews an "optimising" event carries (each is a copy of the
+        #: image from the device): the first event, then at most one per interval, and the last.
+        self.preview_interval_s = 0.5
         self._vgg: tf.keras.Model | None = None
         self._networks: dict[str, tf.keras.Model] = {}  # mixed-precision copies, by policy
-        self._extractors: dict[tuple, tuple[_LayerPlan, tf.keras.Model]] = {}
-        self._loss_fns: dict[_LayerPlan, Callable] = {}
-        self._feature_fns: dict[_LayerPlan, Callable] = {}
-        self._style_cache: collections.OrderedDict[tuple, list[tf.Tensor]] = (
-            collections.OrderedDict()
-        )
+        self._plans: dict[tuple, tuple[LayerPlan, tf.keras.Model]] = {}
+        self._objectives: dict[LayerPlan, Callable] = {}
+        self._feature_fns: dict[LayerPlan, Callable] = {}
+        self._optimisers: dict[tuple[LayerPlan, str], Optimiser] = {}
+        self._style_cache: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     # -- loading ---------------------------------------------------------------------------
@@ -147,6 +93,11 @@ class StyleEngine:
     @property
     def weights_description(self) -> str:
         return self.weights.describe()
+
+    @property
+    def description(self) -> str:
+        """One line for the user: the device and what "auto" precision means on it."""
+        return describe(self.device, self.precision)
 
     @property
     def cached_styles(self) -> int:
@@ -162,183 +113,147 @@ class StyleEngine:
         return self._vgg is not None
 
     def load(self, *, warm_up: bool = True) -> None:
-        """Build VGG19 with the real weights and (``warm_up``) compile the default job's step:
-        a few seconds at server start rather than in the user's first edit; idempotent."""
+        """Build VGG19 with the real weights and (``warm_up``) compile the default job's step
+        and optimiser iteration: seconds at server start rather than in the user's first edit;
+        idempotent."""
         with self._lock:
             if self._vgg is None:
-                self._vgg = self._build_vgg()
+                self._vgg = build_vgg19(self.weights)
                 if warm_up:
                     self._warm_up()
 
     def _warm_up(self) -> None:
-        """Trace the default configuration's compiled functions on a tiny image: tracing costs
-        2-3 s on a CPU, once per engine; with None height/width no later size retraces."""
+        """Run the default configuration on a tiny image: tracing costs seconds on a CPU, once
+        per engine; with None height/width no later size retraces."""
         started = time.perf_counter()
-        plan, model = self._plan(StyleParams.for_device(self.device))
-        image = tf.fill((1, 64, 64, 3), 0.5)
-        feats = self._feature_fn(plan, model)(image)
-        grams = [losses.gram_matrix(feats[i]) for i in plan.style]
-        self._loss_fn(plan, model)(
-            image,
-            tuple(feats[i] for i in plan.content),
-            tuple(grams),
-            tf.constant([1.0, 1.0, 1.0, 0.0]),
-            tf.ones((1, 64, 64, 1)),
-            image,
-            tf.constant(1.0),
-        )
-        log.info("default step (%s) compiled in %.1f s", plan.policy, time.perf_counter() - started)
+        defaults = StyleParams.for_device(self.device)
+        tiny = dataclasses.replace(defaults, iterations=2, max_size=64)
+        image = np.full((64, 64, 3), 0.5, np.float32)
+        image[16:48, 16:48] = 0.8
+        self.stylize(image, [image], tiny)
+        self.clear_style_cache()
+        log.info("default step compiled in %.1f s", time.perf_counter() - started)
 
     def unload(self) -> None:
         """Drop the network and compiled functions (frees GPU memory while idle)."""
         with self._lock:
             self._vgg = None
             self._networks.clear()
-            self._extractors.clear()
-            self._loss_fns.clear()
+            self._plans.clear()
+            self._objectives.clear()
             self._feature_fns.clear()
+            self._optimisers.clear()
             self._style_cache.clear()
             tf.keras.backend.clear_session()
 
-    def _build_vgg(self) -> tf.keras.Model:
-        started = time.perf_counter()
-        vgg = tf.keras.applications.VGG19(
-            include_top=False, weights=None, input_shape=(None, None, 3)
-        )
-        # Our reader for both files: it checks a known file's digest on the bytes it reads.
-        for name, (kernel, bias) in load_weights(self.weights).items():
-            vgg.get_layer(name).set_weights([kernel, bias])
-        vgg.trainable = False  # gradients w.r.t. the image only, never the kernels
-        log.info(
-            "VGG19 built in %.1f s from %s on %s",
-            time.perf_counter() - started,
-            self.weights.describe(),
-            self.device,
-        )
-        return vgg
-
     def _network(self, policy: str) -> tf.keras.Model:
-        """VGG19 computing in ``policy``: the float32 network, or a copy made for a mixed policy
-        (layers compute in bfloat16/float16; the kernels are cast once, stored as float32)."""
         if self._vgg is None:
-            self._vgg = self._build_vgg()
+            self._vgg = build_vgg19(self.weights)
         if policy == "float32":
             return self._vgg
         if policy not in self._networks:
-
-            def with_policy(layer: tf.keras.layers.Layer) -> tf.keras.layers.Layer:
-                return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
-
-            copy = tf.keras.models.clone_model(self._vgg, clone_function=with_policy)
-            copy.set_weights(self._vgg.get_weights())
-            copy.trainable = False
-            self._networks[policy] = copy
+            self._networks[policy] = with_policy(self._vgg, policy)
         return self._networks[policy]
 
-    def _plan(self, params: StyleParams) -> tuple[_LayerPlan, tf.keras.Model]:
+    def _plan(self, params: StyleParams) -> tuple[LayerPlan, tf.keras.Model]:
         policy = self.precision if params.precision == "auto" else params.precision
-        key = (*params.content_layers, "|", *params.style_layers, policy, params.jit)
-        if key not in self._extractors:
-            network = self._network(policy)
-            # Outputs in network order: the model then computes only up to the deepest one.
-            outputs = tuple(
-                n for n in VGG19_LAYERS if n in params.content_layers or n in params.style_layers
-            )
-            plan = _LayerPlan(
-                outputs=outputs,
-                content=tuple(outputs.index(n) for n in params.content_layers),
-                style=tuple(outputs.index(n) for n in params.style_layers),
+        key = (params.content_layers, params.style_layers, params.style_loss, policy, params.jit)
+        if key not in self._plans:
+            plan = layer_plan(
+                params.content_layers,
+                params.style_layers,
+                style_loss=params.style_loss,
                 policy=policy,
                 jit=params.jit,
             )
-            model = tf.keras.Model(network.input, [network.get_layer(n).output for n in outputs])
-            model.trainable = False
-            self._extractors[key] = (plan, model)
-        return self._extractors[key]
+            self._plans[key] = (plan, extractor(self._network(policy), plan.outputs))
+        return self._plans[key]
 
     # -- compiled functions ------------------------------------------------------------------
 
-    def _feature_fn(self, plan: _LayerPlan, model: tf.keras.Model) -> Callable:
+    def _feature_fn(self, plan: LayerPlan, model: tf.keras.Model) -> Callable:
         if plan not in self._feature_fns:
 
             @tf.function(input_signature=[tf.TensorSpec((1, None, None, 3), tf.float32)])
             def features(image: tf.Tensor) -> list[tf.Tensor]:
-                return _as_float32(model(_preprocess(image), training=False))
+                return as_float32(model(preprocess(image), training=False))
 
             self._feature_fns[plan] = features
         return self._feature_fns[plan]
 
-    def _loss_fn(self, plan: _LayerPlan, model: tf.keras.Model) -> Callable:
-        """The one compiled loss-and-gradient step for a layer plan, shared by every job.
+    def _objective(self, plan: LayerPlan, model: tf.keras.Model) -> Callable:
+        """The one compiled loss-and-gradient function of a layer plan, shared by every job."""
+        if plan not in self._objectives:
+            self._objectives[plan] = build_objective(plan, model)
+        return self._objectives[plan]
 
-        Height and width are None in the signature, so a new image size does not retrace (with
-        XLA each new size is still compiled once). The mask is always given (all ones without
-        one), so there is one graph, not two. ``loss_scale`` multiplies the loss before the
-        gradient and divides the gradient after: float16 gradients underflow without it.
-        """
-        if plan not in self._loss_fns:
-            image_spec = tf.TensorSpec((1, None, None, 3), tf.float32)
-            signature = [
-                image_spec,
-                tuple(tf.TensorSpec((1, None, None, None), tf.float32) for _ in plan.content),
-                tuple(tf.TensorSpec((None, None), tf.float32) for _ in plan.style),
-                tf.TensorSpec((4,), tf.float32),  # content, style, tv, anchor weights
-                tf.TensorSpec((1, None, None, 1), tf.float32),  # mask
-                image_spec,  # the photo, for the anchor outside the mask
-                tf.TensorSpec((), tf.float32),  # loss scale
-            ]
-
-            @tf.function(input_signature=signature, jit_compile=plan.jit)
-            def loss_and_grads(
-                image, content_targets, style_targets, weights, mask, photo, loss_scale
-            ):
-                with tf.GradientTape() as tape:
-                    tape.watch(image)
-                    feats = _as_float32(model(_preprocess(image), training=False))
-                    terms = _loss_terms(
-                        plan, feats, image, content_targets, style_targets, mask, photo
-                    )
-                    total = tf.reduce_sum(weights * terms)
-                    scaled = total * loss_scale
-                return total, terms, tape.gradient(scaled, image) / loss_scale
-
-            self._loss_fns[plan] = loss_and_grads
-        return self._loss_fns[plan]
+    def _optimiser(self, plan: LayerPlan, model: tf.keras.Model, params: StyleParams) -> Optimiser:
+        key = (plan, params.optimizer)
+        if key not in self._optimisers:
+            objective, signature = self._objective(plan, model), targets_signature(plan)
+            self._optimisers[key] = (
+                LBFGS(objective, signature)
+                if params.optimizer == "lbfgs"
+                else Adam(objective, signature, params.learning_rate)
+            )
+        optimiser = self._optimisers[key]
+        if isinstance(optimiser, Adam):
+            optimiser.set_learning_rate(params.learning_rate)
+        return optimiser
 
     # -- targets ---------------------------------------------------------------------------
 
     def _style_targets(
         self,
-        plan: _LayerPlan,
+        plan: LayerPlan,
         model: tf.keras.Model,
         styles: Sequence[np.ndarray],
         sizes: Sequence[tuple[int, int]],
         blend: Sequence[float],
+        seed: int,
         digest: str | None = None,
-    ) -> list[tf.Tensor]:
-        """Blended Gram matrices of the paintings, each at its (h, w) in ``sizes`` (the job
-        plan's), cached across jobs.
+    ) -> tuple:
+        """The blended style statistics of the paintings, each at its (h, w) in ``sizes`` (the
+        job plan's), one per style layer; cached across jobs.
 
         ``digest`` is ``_styles_digest(styles)``, passed in by callers that need several sizes
-        so the paintings are hashed once, not once per scale.
+        so the paintings are hashed once, not once per pass.
         """
         digest = digest or _styles_digest(styles)
-        key = (digest, tuple(sizes), plan.outputs, plan.style, tuple(blend))
+        # "sliced" projects on random directions: the same seed gives the same ones.
+        seed_key = seed if plan.style_loss == "sliced" else None
+        key = (
+            digest,
+            tuple(sizes),
+            plan.outputs,
+            plan.style,
+            plan.style_loss,
+            tuple(blend),
+            seed_key,
+        )
         if key in self._style_cache:
             self._style_cache.move_to_end(key)
             return self._style_cache[key]
         features = self._feature_fn(plan, model)
-        grams: list[tf.Tensor] = []
+        parts: list[list[tuple[tuple, float]]] = [[] for _ in plan.style]
+        directions: list[tf.Tensor | None] = [None] * len(plan.style)
         for style, share, (h, w) in zip(styles, blend, sizes, strict=True):
             if share == 0:
                 continue
             feats = features(resize(style[..., :3], h, w)[tf.newaxis])
-            these = [share * losses.gram_matrix(feats[i]) for i in plan.style]
-            grams = these if not grams else [a + b for a, b in zip(grams, these, strict=True)]
-        self._style_cache[key] = grams
+            for n, i in enumerate(plan.style):
+                if plan.style_loss == "sliced" and directions[n] is None:
+                    directions[n] = losses.sliced_directions(int(feats[i].shape[-1]), seed, i)
+                moments = losses.painting_moments(plan.style_loss, feats[i], directions[n])
+                parts[n].append((moments, share))
+        targets = tuple(
+            losses.finish_statistics(plan.style_loss, losses.blend_moments(p), d)
+            for p, d in zip(parts, directions, strict=True)
+        )
+        self._style_cache[key] = targets
         while len(self._style_cache) > _STYLE_CACHE_SIZE:
             self._style_cache.popitem(last=False)
-        return grams
+        return targets
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -358,16 +273,12 @@ class StyleEngine:
         where it is 1, with a soft edge. ``init_image`` (any size) is the starting point instead
         of ``params.init``, e.g. a previous result to continue from.
 
-        Raises ``Cancelled`` when ``on_progress`` raises it, ``EngineError`` for requests that
-        cannot be done as asked (too small, out of memory, blend/style count mismatch),
-        ``ValueError`` for malformed arrays.
+        Raises ``Cancelled`` when ``on_progress`` raises it; when it raises ``FinishEarly`` the
+        picture so far, brought to the result's size, is the result. Raises ``EngineError`` for
+        requests that cannot be done as asked (too thin, not enough memory, blend/style count
+        mismatch), ``ValueError`` for malformed arrays.
         """
         _check_image(content, "content")
-        if params.style_loss != "gram" or params.upscale != "plain":
-            raise EngineError(
-                f"style_loss {params.style_loss!r} / upscale {params.upscale!r}: this engine "
-                "has only 'gram' and 'plain' so far"
-            )
         if not styles:
             raise ValueError("at least one style image is needed")
         for style in styles:
@@ -375,54 +286,49 @@ class StyleEngine:
         if init_image is not None:
             _check_image(init_image, "init image")
         height, width = content.shape[:2]
-        soft_mask = None if mask is None else _soft_mask(mask, height, width)
-        if params.preserve_colors and _COLOUR_METHOD == "match":
-            styles = [colour.match_colours(style[..., :3], content[..., :3]) for style in styles]
-        blend = _blend_weights(params.style_blend, len(styles))
-        notify = on_progress or (lambda event: None)
-        started = time.perf_counter()
-        if not self.loaded:
-            notify(Progress("loading", 0, params.iterations, 0.0))
-            self.load()
-        plan = plan_job(
+        job = plan_job(
             (height, width), [s.shape[:2] for s in styles], params, has_mask=mask is not None
         )
-        h, w = plan.processing_hw
+        h, w = job.processing_hw
         budget = memory.free_bytes(self.device)
-        if budget is not None and plan.peak_bytes > budget * memory.USABLE_SHARE:
+        if budget is not None and job.peak_bytes > budget * memory.USABLE_SHARE:
             raise EngineError(
                 f"not enough memory: this job ({w}x{h} px, style_scale "
-                f"{params.style_scale:g}) needs about {plan.peak_bytes / 2**30:.1f} GB and "
+                f"{params.style_scale:g}) needs about {job.peak_bytes / 2**30:.1f} GB and "
                 f"{budget * memory.USABLE_SHARE / 2**30:.1f} GB is free on the "
                 f"{self.device.upper()}; lower max_size or style_scale, or close other programs"
             )
+        blend = _blend_weights(params.style_blend, len(styles))
+        soft_mask = None if mask is None else _soft_mask(mask, height, width)
+        if params.preserve_colors:
+            styles = [colour.match_colours(style[..., :3], content[..., :3]) for style in styles]
+        notify = on_progress or (lambda event: None)
+        started = time.perf_counter()
+        if not self.loaded:
+            notify(Progress(phase="loading", step=0, total=params.iterations, elapsed_s=0.0))
+            self.load()
         notify(
             Progress(
-                "preparing",
-                0,
-                params.iterations,
-                time.perf_counter() - started,
+                phase="preparing",
+                step=0,
+                total=params.iterations,
+                elapsed_s=time.perf_counter() - started,
                 size=(w, h),
+                result_size=(width, height),
             )
         )
         try:
-            pixels = self._optimise(
-                content,
-                styles,
-                blend,
-                params,
-                plan,
-                soft_mask,
-                init_image,
-                notify,
-                started,
+            result = self._optimise(
+                content, styles, blend, params, job, soft_mask, init_image, notify, started
             )
         except tf.errors.InvalidArgumentError as exc:
+            first_line = (exc.message or type(exc).__name__).splitlines()[0][:200]
+            if FLOAT16_OVERFLOW in (exc.message or ""):
+                raise EngineError(FLOAT16_OVERFLOW) from exc
             if not params.jit:
                 raise
             # XLA refuses ops or shapes some devices/versions do not support; without XLA the
             # same job runs, so say so instead of failing as an internal error.
-            first_line = (exc.message or type(exc).__name__).splitlines()[0][:200]
             raise EngineError(
                 f"XLA could not compile this job ({first_line}); run it with jit off"
             ) from exc
@@ -433,9 +339,6 @@ class StyleEngine:
                 "or close other programs using the graphics card"
             ) from exc
         rgb = content[..., :3]
-        result = resize(pixels, height, width).numpy()
-        if params.preserve_colors and _COLOUR_METHOD == "luminance":
-            result = colour.luminance_transfer(result, rgb)
         if soft_mask is not None:
             # The optimisation already kept the outside close to the photo; this makes it exact.
             result = soft_mask * result + (1.0 - soft_mask) * rgb
@@ -449,131 +352,191 @@ class StyleEngine:
         styles: Sequence[np.ndarray],
         blend: Sequence[float],
         params: StyleParams,
-        plan: JobPlan,
+        job: JobPlan,
         mask: np.ndarray | None,
         init_image: np.ndarray | None,
         notify: ProgressCallback,
         started: float,
     ) -> np.ndarray:
-        job_plan = plan
+        """The coarse-to-fine passes, then the detail pass if planned; returns the picture at
+        the result's size (RGB)."""
         plan, model = self._plan(params)
-        loss_and_grads = self._loss_fn(plan, model)
-        schedule = job_plan.passes
-        # ETA: seconds per (pixel x step), measured, times the pixel-steps still to do.
-        work = [steps * h * w for h, w, steps in schedule]
+        optimiser = self._optimiser(plan, model, params)
+        digest = _styles_digest(styles)
         weights = tf.constant(
             [
                 params.content_weight,
-                style_weight(params),
+                self._style_weight(plan, model, params, job, content, styles, blend, digest),
                 params.tv_weight,
                 _ANCHOR_WEIGHT if mask is not None else 0.0,
             ],
             tf.float32,
         )
-        scaler = _LossScale(plan.policy)
-        digest = _styles_digest(styles)
-        opt_started = time.perf_counter()
-        done_steps = 0
-        x: np.ndarray | None = None
-        latest: list[np.ndarray] = []  # the newest iterate, kept when the run is finished early
-        for index, ((h, w, steps), style_sizes) in enumerate(
-            zip(schedule, job_plan.style_sizes, strict=True)
-        ):
-            photo = resize(content[..., :3], h, w)[tf.newaxis]
-            feats = self._feature_fn(plan, model)(photo)
-            content_targets = tuple(feats[i] for i in plan.content)
-            style_targets = tuple(
-                self._style_targets(plan, model, styles, style_sizes, blend, digest)
+        features = self._feature_fn(plan, model)
+
+        def targets(photo: tf.Tensor, sizes: Sequence[tuple[int, int]], mask_here) -> Targets:
+            feats = features(photo)
+            return Targets(
+                content=tuple(feats[i] for i in plan.content),
+                style=self._style_targets(plan, model, styles, sizes, blend, params.seed, digest),
+                weights=weights,
+                mask=tf.ones_like(photo[..., :1]) if mask_here is None else mask_here,
+                photo=photo,
             )
-            mask_here = tf.ones((1, h, w, 1)) if mask is None else resize(mask, h, w)[tf.newaxis]
 
-            def evaluate_tensor(
-                image: tf.Tensor,
-                ct=content_targets,
-                st=style_targets,
-                m=mask_here,
-                ph=photo,
-            ) -> tuple[float, tf.Tensor, dict[str, float]]:
-                while True:
-                    total, terms, grad = loss_and_grads(
-                        image, ct, st, weights, m, ph, tf.constant(scaler.value, tf.float32)
-                    )
-                    if scaler.accept(grad):
-                        break
-                values = tf.concat([total[tf.newaxis], terms[:3]], 0).numpy()  # one transfer
-                named = dict(
-                    zip(("total", "content", "style", "tv"), map(float, values), strict=True)
-                )
-                return named["total"], grad, named
+        progress = _Reporter(self, job, params, notify, started)
+        height, width = job.result_hw
+        x: tf.Tensor | None = None
+        try:
+            for index, ((h, w, steps), style_sizes) in enumerate(
+                zip(job.passes, job.style_sizes, strict=True)
+            ):
+                photo = resize(content[..., :3], h, w)[tf.newaxis]
+                mask_here = None if mask is None else resize(mask, h, w)[tf.newaxis]
+                these = targets(photo, style_sizes, mask_here)
+                if x is None:
+                    x = _initial_image(params, photo[0], styles, init_image, (h, w))
+                optimiser.start(resize(x, h, w)[tf.newaxis], these)
+                try:
+                    for step in range(1, steps + 1):
+                        values = optimiser.step(these)
+                        progress.step(index, step, values, lambda: optimiser.x.numpy()[0])
+                        if values[-1] == STANDSTILL:
+                            break
+                except FinishEarly:
+                    # Keep the picture so far; a coarse pass's picture is brought to the
+                    # result's size by the same resize the next pass would start from.
+                    return resize(optimiser.x[0], height, width).numpy()
+                x = optimiser.x[0]
+                optimiser.release()  # before the next pass's style targets need the memory
+            assert x is not None
+            if job.detail is None:
+                return resize(x, height, width).numpy()
+            return self._detail(content, mask, job, x, targets, optimiser, progress)
+        finally:
+            optimiser.release()
 
-            def evaluate(
-                flat: np.ndarray, h=h, w=w, evaluate_tensor=evaluate_tensor
-            ) -> tuple[float, np.ndarray, dict[str, float]]:
-                image = tf.constant(flat.reshape(1, h, w, 3), tf.float32)
-                total, grad, named = evaluate_tensor(image)
-                return total, grad.numpy().reshape(-1), named
+    def _detail(
+        self,
+        content: np.ndarray,
+        mask: np.ndarray | None,
+        job: JobPlan,
+        small: tf.Tensor,
+        targets: Callable[..., Targets],
+        optimiser: Optimiser,
+        progress: _Reporter,
+    ) -> np.ndarray:
+        """The detail pass: the result enlarged plainly, then each tile refined at the result's
+        size against the photo's features there and the painting at its finest (see
+        ``planning.DetailPass``); each tile fades in over the overlap with the tiles before it
+        (raster order), so no seam shows. A finish requested mid-pass keeps the tiles done."""
+        assert job.detail is not None
+        height, width = job.result_hw
+        h, w = job.processing_hw
+        out = resize(small, height, width).numpy()
+        first = len(job.passes)
+        for n, (top, left, th, tw) in enumerate(job.detail.tiles):
+            region = np.s_[top : top + th, left : left + tw]
+            photo = tf.constant(content[region][np.newaxis, ..., :3])
+            mask_here = None if mask is None else tf.constant(mask[region][np.newaxis])
+            these = targets(photo, job.detail.style_sizes, mask_here)
+            optimiser.start(tf.constant(out[region][np.newaxis]), these)
+            ramp = _fade_in(th, tw, top > 0, left > 0)
 
-            if x is None:
-                x = _initial_image(params, photo[0].numpy(), styles, init_image, (h, w))
-            else:
-                x = resize(x, h, w).numpy()
-            first_step = done_steps
-            done_work = sum(work[:index])
-
-            def report(
-                step: int,
-                flat: np.ndarray,
-                named: dict[str, float],
-                h=h,
-                w=w,
-                first_step=first_step,
-                done_work=done_work,
-                index=index,
-            ) -> None:
-                latest[:] = [flat.reshape(h, w, 3)]
-                spent = time.perf_counter() - opt_started
-                finished = done_work + step * h * w
-                eta = spent / finished * (sum(work) - finished)
-                notify(
-                    Progress(
-                        "optimising",
-                        first_step + step,
-                        params.iterations,
-                        time.perf_counter() - started,
-                        eta,
-                        named,
-                        (w, h),
-                        index + 1,
-                        len(schedule),
-                        None,
-                        flat.reshape(h, w, 3).astype(np.float32),
-                    )
-                )
+            def blend(region: tuple = region, ramp: np.ndarray = ramp) -> None:
+                out[region] = ramp * optimiser.x.numpy()[0] + (1.0 - ramp) * out[region]
 
             try:
-                if params.optimizer == "lbfgs" and self.lbfgs == "tensorflow":
-                    x = lbfgs.minimize(
-                        evaluate_tensor,
-                        tf.constant(x[np.newaxis], tf.float32),
-                        steps,
-                        memory=LBFGS_MEMORY,
-                        callback=lambda i, xt, named, report=report: report(i, xt.numpy(), named),
-                    ).numpy()[0]
-                else:
-                    optimise = _run_lbfgs if params.optimizer == "lbfgs" else _run_adam
-                    x = optimise(
-                        evaluate, x.astype(np.float64).reshape(-1), steps, params, report
-                    ).reshape(h, w, 3)
+                for step in range(1, job.detail.steps + 1):
+                    values = optimiser.step(these)
+                    done = step == job.detail.steps or values[-1] == STANDSTILL
+                    if done:
+                        blend()
+                    progress.step(
+                        first + n,
+                        step,
+                        values,
+                        (lambda: resize(out, h, w).numpy()) if done else None,
+                    )
+                    if done:
+                        break
             except FinishEarly:
-                # Keep the picture so far; a coarse pass's picture is brought to the
-                # result's size below, by the same resize the next pass would start from.
-                x = latest[0] if latest else x
-                break
-            done_steps += steps
-        assert x is not None
-        return x.astype(np.float32)
+                if not done:
+                    blend()
+                return out
+            optimiser.release()
+        return out
+
+    def _style_weight(
+        self,
+        plan: LayerPlan,
+        model: tf.keras.Model,
+        params: StyleParams,
+        job: JobPlan,
+        content: np.ndarray,
+        styles: Sequence[np.ndarray],
+        blend: Sequence[float],
+        digest: str,
+    ) -> float:
+        """The style loss's weight: ``params.style_weight`` when given; else ``strength`` times
+        the photo's own content-to-style loss ratio at the first pass.
+
+        The ratio is the content loss of the painting against the photo (how far pure style is
+        from the photo) over the style loss of the photo against the painting (how far the
+        photo is from the style). At that weight both extremes score the same, whatever the
+        painting: a soft painting, whose statistics lie near the photo's, gets a larger weight
+        than a busy one, so a given strength gives a comparable amount of style. It depends on
+        the photo and the paintings only, so a continued run gets the same weight as the run
+        it continues.
+        """
+        if params.style_weight is not None:
+            return params.style_weight
+        factor = strength_factor(params.strength)
+        if not plan.content or not plan.style:
+            return factor
+        h, w, _ = job.passes[0]
+        features = self._feature_fn(plan, model)
+        photo = features(resize(content[..., :3], h, w)[tf.newaxis])
+        targets = self._style_targets(
+            plan, model, styles, job.style_sizes[0], blend, params.seed, digest
+        )
+        style = np.mean(
+            [
+                float(losses.style_loss(plan.style_loss, photo[i], t))
+                for i, t in zip(plan.style, targets, strict=True)
+            ]
+        )
+        content_loss = 0.0
+        for painting, share in zip(styles, blend, strict=True):
+            if share:
+                feats = features(resize(painting[..., :3], h, w)[tf.newaxis])
+                content_loss += share * np.mean(
+                    [float(losses.content_loss(feats[i], photo[i])) for i in plan.content]
+                )
+        ratio = content_loss / max(style, 1e-6)
+        log.info(
+            "style weight %.3g (strength %g, content/style ratio %.3g)",
+            factor * ratio,
+            params.strength,
+            ratio,
+        )
+        return factor * ratio
 
     # -- measuring (tests, benchmarks) ------------------------------------------------------
+
+    def style_weight(
+        self, content: np.ndarray, styles: Sequence[np.ndarray], params: StyleParams
+    ) -> float:
+        """The style loss's weight a job with these inputs runs with (see ``_style_weight``)."""
+        self.load()
+        plan, model = self._plan(params)
+        job = plan_job(content.shape[:2], [s.shape[:2] for s in styles], params)
+        blend = _blend_weights(params.style_blend, len(styles))
+        if params.preserve_colors:
+            styles = [colour.match_colours(style[..., :3], content[..., :3]) for style in styles]
+        return self._style_weight(
+            plan, model, params, job, content, styles, blend, _styles_digest(styles)
+        )
 
     def loss_terms(
         self,
@@ -594,115 +557,109 @@ class StyleEngine:
         feats = self._feature_fn(plan, model)(photo)
         blend = _blend_weights(params.style_blend, len(styles))
         measured = dataclasses.replace(params, max_size=max(h, w), coarse_to_fine=False)
-        (sizes,) = plan_job((h, w), [s.shape[:2] for s in styles], measured).style_sizes
-        grams = tuple(self._style_targets(plan, model, styles, sizes, blend))
-        weights = tf.constant(
-            [params.content_weight, style_weight(params), params.tv_weight, 0.0], tf.float32
+        job = plan_job((h, w), [s.shape[:2] for s in styles], measured)
+        digest = _styles_digest(styles)
+        weight = self._style_weight(plan, model, params, job, content, styles, blend, digest)
+        targets = Targets(
+            content=tuple(feats[i] for i in plan.content),
+            style=self._style_targets(
+                plan, model, styles, job.style_sizes[0], blend, params.seed, digest
+            ),
+            weights=tf.constant([params.content_weight, weight, params.tv_weight, 0.0], tf.float32),
+            mask=tf.ones((1, h, w, 1)),
+            photo=photo,
         )
-        total, terms, _ = self._loss_fn(plan, model)(
-            tf.constant(image[np.newaxis, ..., :3], tf.float32),
-            tuple(feats[i] for i in plan.content),
-            grams,
-            weights,
-            tf.ones((1, h, w, 1)),
-            photo,
-            tf.constant(1.0, tf.float32),  # no gradient is used here
+        total, terms, _ = self._objective(plan, model)(
+            tf.constant(image[np.newaxis, ..., :3], tf.float32), targets
         )
-        return {
-            "total": float(total),
-            "content": float(terms[0]),
-            "style": float(terms[1]),
-            "tv": float(terms[2]),
-        }
+        values = [float(total), *map(float, terms.numpy())]
+        return dict(zip(("total", *TERMS[:3]), values[:4], strict=True))
 
 
-def style_weight(params: StyleParams) -> float:
-    """The style loss's weight: ``params.style_weight`` when given, else from ``strength`` (50 is
-    the balanced weight 20; every 25 points multiply or divide it by 10)."""
-    if params.style_weight is not None:
-        return params.style_weight
-    return 20.0 * 10.0 ** ((params.strength - STRENGTH_DEFAULT) / 25.0)
+class _Reporter:
+    """Turns optimiser steps into "optimising" events: losses, ETA, and a preview now and then.
 
+    Stages are the passes, then the detail pass's tiles (reported as one more pass, at the
+    result's size)."""
 
-class _LossScale:
-    """Dynamic loss scaling for float16, as in mixed-precision training: start high so small
-    gradients do not flush to zero, halve whenever the gradient overflows (and redo the step).
-    Other policies keep 1: bfloat16 has float32's exponent range."""
+    def __init__(
+        self,
+        engine: StyleEngine,
+        job: JobPlan,
+        params: StyleParams,
+        notify: ProgressCallback,
+        started: float,
+    ) -> None:
+        self.engine, self.job, self.notify = engine, job, notify
+        self.started = started
+        self.optimising_since = time.perf_counter()
+        tiles = job.detail.tiles if job.detail else ()
+        self.stages = list(job.passes) + [(th, tw, job.detail.steps) for *_, th, tw in tiles]
+        # ETA: seconds per (pixel x step), measured, times the pixel-steps still to do.
+        self.work = [h * w * steps for h, w, steps in self.stages]
+        self.steps_before = [sum(st[2] for st in self.stages[:i]) for i in range(len(self.stages))]
+        self.last_preview = -math.inf
 
-    def __init__(self, policy: str) -> None:
-        self.policy = policy
-        self.value = 2.0**15 if policy == "mixed_float16" else 1.0
-
-    def accept(self, gradient: np.ndarray) -> bool:
-        """True if ``gradient`` is usable; else lower the scale (caller retries) or raise."""
-        if self.policy != "mixed_float16" or np.isfinite(gradient).all():
-            return True
-        if self.value <= 1.0:
-            raise EngineError(
-                "the computation overflowed in float16; use precision 'mixed_bfloat16' or 'float32'"
+    def step(
+        self,
+        stage: int,
+        step: int,
+        values: np.ndarray,
+        picture: Callable[[], np.ndarray] | None,
+    ) -> None:
+        """Report ``step`` of ``stage``; ``picture`` copies the current picture (None: none to
+        show at this step)."""
+        h, w, steps = self.stages[stage]
+        now = time.perf_counter()
+        done = sum(self.work[:stage]) + step * h * w
+        eta = (now - self.optimising_since) / done * (sum(self.work) - done)
+        overall = self.steps_before[stage] + step
+        last = overall == self.job.total_steps or (
+            stage == len(self.stages) - 1 and (step == steps or values[-1] == STANDSTILL)
+        )
+        preview = None
+        if picture is not None and (
+            last or now - self.last_preview >= self.engine.preview_interval_s
+        ):
+            preview = picture()  # the one image copy: at most every interval
+            self.last_preview = now
+        passes = len(self.job.passes)
+        detail = stage >= passes
+        self.notify(
+            Progress(
+                phase="optimising",
+                step=overall,
+                total=self.job.total_steps,
+                elapsed_s=now - self.started,
+                eta_s=0.0 if last else eta,
+                losses=dict(zip(("total", *TERMS[:3]), map(float, values[:4]), strict=True)),
+                size=self.job.result_hw[::-1] if detail else (w, h),
+                result_size=self.job.result_hw[::-1],
+                scale=passes + 1 if detail else stage + 1,
+                scales=passes + (1 if self.job.detail else 0),
+                preview=preview,
             )
-        self.value /= 2.0
-        return False
+        )
 
 
-def _as_float32(features: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-    """Features in float32 whatever the network computed in: Gram matrices and losses sum over
-    many positions, which bfloat16's 8-bit mantissa would not survive."""
-    return [tf.cast(f, tf.float32) for f in features]
+#: The style weight at strength 50 is this times the photo's content-to-style loss ratio: the
+#: look the engine had with a fixed weight of 20 on Tübingen and The Starry Night.
+STRENGTH_SCALE = 4.65
 
 
-def _preprocess(image: tf.Tensor) -> tf.Tensor:
-    """[0, 1] RGB -> Caffe-style BGR, 0..255, mean subtracted (the VGG weights' convention)."""
-    bgr = tf.reverse(image, axis=[-1]) * 255.0
-    return bgr - tf.constant(_BGR_MEAN, tf.float32)
+def strength_factor(strength: float) -> float:
+    """What strength multiplies the content-to-style ratio by: ``STRENGTH_SCALE`` at 50, ten
+    times more every 25 points above, ten times less every 25 below (0: a 10,000th)."""
+    return STRENGTH_SCALE * 10.0 ** ((strength - STRENGTH_DEFAULT) / 25.0)
 
 
-def _loss_terms(
-    plan: _LayerPlan,
-    feats: Sequence[tf.Tensor],
-    image: tf.Tensor,
-    content_targets: Sequence[tf.Tensor],
-    style_targets: Sequence[tf.Tensor],
-    mask: tf.Tensor,
-    photo: tf.Tensor,
-) -> tf.Tensor:
-    """[content, style, tv, anchor]; content and style averaged over their layers."""
-    zero = tf.constant(0.0, tf.float32)
-    grid_masks = _masks_on_feature_grids(mask, [plan.outputs[i] for i in plan.style])
-    content = tf.add_n(
-        [
-            losses.content_loss(feats[i], t)
-            for i, t in zip(plan.content, content_targets, strict=True)
-        ]
-        or [zero]
-    )
-    # Without a mask the mask is all ones: the weighted Gram is then the plain one.
-    style = tf.add_n(
-        [
-            losses.style_loss(losses.gram_matrix(feats[i], grid_masks[plan.outputs[i]]), t)
-            for i, t in zip(plan.style, style_targets, strict=True)
-        ]
-        or [zero]
-    )
-    content /= max(1, len(plan.content))
-    style /= max(1, len(plan.style))
-    tv = losses.total_variation_loss(image)
-    return tf.stack([content, style, tv, losses.anchor_loss(image, photo, mask)])
-
-
-def _masks_on_feature_grids(mask: tf.Tensor, layers: Sequence[str]) -> dict[str, tf.Tensor]:
-    """The mask (1 x H x W x 1) on each layer's grid: averaged over 2 x 2 'valid' windows once
-    per pooling before the layer, exactly as VGG19 shrinks the image (and XLA-compilable,
-    unlike an area resize)."""
-    out: dict[str, tf.Tensor] = {}
-    pooled, pools = mask, 0
-    for name in sorted(set(layers), key=VGG19_LAYERS.index):
-        block = int(name[len("block")]) - 1  # block N comes after N - 1 poolings
-        while pools < block:
-            pooled = tf.nn.avg_pool2d(pooled, 2, 2, "VALID")
-            pools += 1
-        out[name] = pooled
-    return out
+def resize(image: np.ndarray | tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """Anti-aliased Lanczos resize of an H x W x C float image, clipped to [0, 1]."""
+    image = tf.convert_to_tensor(image, tf.float32)
+    if image.shape[0] == height and image.shape[1] == width:
+        return image
+    resized = tf.image.resize(image, (height, width), method="lanczos3", antialias=True)
+    return tf.clip_by_value(resized, 0.0, 1.0)
 
 
 def _styles_digest(styles: Sequence[np.ndarray]) -> str:
@@ -726,20 +683,20 @@ def _check_image(image: np.ndarray, what: str) -> None:
 
 def _initial_image(
     params: StyleParams,
-    photo: np.ndarray,
+    photo: tf.Tensor,
     styles: Sequence[np.ndarray],
     init_image: np.ndarray | None,
     size: tuple[int, int],
-) -> np.ndarray:
+) -> tf.Tensor:
     h, w = size
     if init_image is not None:
-        return resize(init_image[..., :3], h, w).numpy()
+        return resize(init_image[..., :3], h, w)
     if params.init == "content":
         return photo
     if params.init == "style":
-        return resize(styles[0][..., :3], h, w).numpy()
+        return resize(styles[0][..., :3], h, w)
     rng = np.random.default_rng(params.seed)
-    return rng.uniform(0.0, 1.0, (h, w, 3)).astype(np.float32)
+    return tf.constant(rng.uniform(0.0, 1.0, (h, w, 3)), tf.float32)
 
 
 def _soft_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -751,9 +708,33 @@ def _soft_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
             f"the mask is {mask.shape[1] if mask.ndim > 1 else '?'}x{mask.shape[0]} px but the "
             f"photo is {width}x{height} px: they must be the same size"
         )
-    sigma = max(1.0, 0.005 * max(height, width))
-    soft = scipy.ndimage.gaussian_filter(np.clip(mask, 0.0, 1.0).astype(np.float32), sigma)
-    return soft[..., np.newaxis]
+    sigma = max(1.0, _FEATHER * max(height, width))
+    return gaussian_blur(np.clip(mask, 0.0, 1.0)[..., np.newaxis], sigma).numpy()
+
+
+def _fade_in(height: int, width: int, top: bool, left: bool) -> np.ndarray:
+    """H x W x 1 blend weights of a detail tile: rising from 0 to 1 over the overlap along the
+    sides it shares with tiles refined before it (top, left), 1 elsewhere."""
+    from nst_server.engine.planning import DETAIL_OVERLAP
+
+    ramp = np.clip((np.arange(max(height, width)) + 0.5) / DETAIL_OVERLAP, 0.0, 1.0)
+    rows = ramp[:height] if top else np.ones(height)
+    cols = ramp[:width] if left else np.ones(width)
+    return (rows[:, None] * cols[None, :])[..., None].astype(np.float32)
+
+
+def gaussian_blur(image: np.ndarray | tf.Tensor, sigma: float) -> tf.Tensor:
+    """H x W x C blurred by a Gaussian of ``sigma`` px, edges mirrored (two 1-D passes)."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = tf.constant(taps / taps.sum(), tf.float32)
+    x = tf.convert_to_tensor(image, tf.float32)
+    channels = x.shape[-1]
+    x = tf.transpose(x, (2, 0, 1))[..., tf.newaxis]  # each channel on its own
+    x = tf.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
+    x = tf.nn.conv2d(x, tf.reshape(taps, (-1, 1, 1, 1)), 1, "VALID")
+    x = tf.nn.conv2d(x, tf.reshape(taps, (1, -1, 1, 1)), 1, "VALID")
+    return tf.reshape(tf.transpose(x[..., 0], (1, 2, 0)), (*x.shape[1:3], channels))
 
 
 def _blend_weights(style_blend: Sequence[float], count: int) -> list[float]:
@@ -767,76 +748,3 @@ def _blend_weights(style_blend: Sequence[float], count: int) -> list[float]:
         )
     total = float(sum(style_blend))
     return [weight / total for weight in style_blend]
-
-
-Evaluate = Callable[[np.ndarray], tuple[float, np.ndarray, dict[str, float]]]
-Report = Callable[[int, np.ndarray, dict[str, float]], None]
-
-
-def lbfgs_options(steps: int) -> dict[str, float]:
-    """scipy L-BFGS-B options for ``steps`` iterations (the benchmark measures the same ones).
-
-    Tolerances at zero: run the steps asked for, stopping only on a true standstill.
-    """
-    return {
-        "maxiter": steps,
-        "maxfun": steps * 2,
-        "maxcor": LBFGS_MEMORY,
-        "ftol": 0.0,
-        "gtol": 0.0,
-    }
-
-
-def _run_lbfgs(
-    evaluate: Evaluate, x0: np.ndarray, steps: int, params: StyleParams, report: Report
-) -> np.ndarray:
-    """scipy's L-BFGS-B with pixels bounded to [0, 1] (no clipping that would confuse it)."""
-    last: dict[str, float] = {}
-    step = 0
-
-    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
-        value, grad, named = evaluate(x)
-        last.update(named)
-        return value, grad.astype(np.float64)
-
-    def callback(intermediate_result: scipy.optimize.OptimizeResult) -> None:
-        nonlocal step
-        step += 1
-        report(step, intermediate_result.x, dict(last))
-
-    # One BLAS thread: L-BFGS-B's own vector work is small, and two OpenBLAS threads contending
-    # with TensorFlow's made it 2x slower (0.26 vs 0.12 s per iteration at 384 px, 2 cores).
-    with threadpool_limits(limits=1, user_api="blas"):
-        result = scipy.optimize.minimize(
-            fun,
-            x0,
-            jac=True,
-            method="L-BFGS-B",
-            bounds=scipy.optimize.Bounds(0.0, 1.0),
-            callback=callback,
-            options=lbfgs_options(steps),
-        )
-    return result.x
-
-
-def _run_adam(
-    evaluate: Evaluate, x0: np.ndarray, steps: int, params: StyleParams, report: Report
-) -> np.ndarray:
-    """Adam in numpy, clipped to [0, 1] after each step.
-
-    Five lines of arithmetic costing well under 1% of a VGG19 step; a Keras optimiser would add
-    a variable and a retrace for every new image shape.
-    """
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    x = x0.copy()
-    m = np.zeros_like(x)
-    v = np.zeros_like(x)
-    for step in range(1, steps + 1):
-        _, grad, named = evaluate(x)
-        m = beta1 * m + (1 - beta1) * grad
-        v = beta2 * v + (1 - beta2) * grad * grad
-        m_hat = m / (1 - beta1**step)
-        v_hat = v / (1 - beta2**step)
-        x = np.clip(x - params.learning_rate * m_hat / (np.sqrt(v_hat) + eps), 0.0, 1.0)
-        report(step, x, named)
-    return x

@@ -36,6 +36,12 @@ MIN_SHORT_SIDE = 32
 SMALLEST_SCALE = 256
 #: Each pass gets this share of the steps of the pass below it.
 STEP_DECAY = 0.6
+#: The detail pass (upscale "detail"): square tiles of at most this many px a side ...
+DETAIL_TILE = 512
+#: ... overlapping by this many px (blended across the overlap, so no seam shows) ...
+DETAIL_OVERLAP = 64
+#: ... each refined by this many steps from the plainly enlarged result.
+DETAIL_STEPS = 10
 
 # -- the memory model (bench/measure_memory.py; every figure rounded up) -----------------------
 #: Fixed cost of a job over an idle engine: compiled-function temporaries and the allocator's
@@ -56,8 +62,29 @@ _OPTIMISER_BYTES_PER_PIXEL = {"lbfgs": (2 * 20 + 8) * 3 * 4, "adam": 6 * 3 * 8}
 #: resize's intermediates), the soft mask, the composite and the result handed back (measured:
 #: 35 bytes for a 4000 x 3000 photo processed at 384 px).
 _FULL_SIZE_BYTES_PER_PIXEL = 64
+#: The detail pass's pictures at the photo's size (float32 RGB, several), per pixel.
+_DETAIL_FULL_SIZE_BYTES_PER_PIXEL = 5 * 3 * 4
 #: The inputs as the caller hands them over (float32, up to 4 channels), per pixel.
 _INPUT_BYTES_PER_PIXEL = 4 * 4
+
+
+@dataclass(frozen=True)
+class DetailPass:
+    """A last pass at the result's own size, tile by tile (upscale "detail").
+
+    ``tiles``: (top, left, height, width) of each tile at the result's size; ``steps`` per
+    tile; ``style_sizes``: the (height, width) each painting is seen at: as large as at the
+    result's scale allows, but never enlarged beyond the painting's own pixels (an enlarged
+    painting has no finer detail to give).
+    """
+
+    tiles: tuple[tuple[int, int, int, int], ...]
+    steps: int
+    style_sizes: tuple[tuple[int, int], ...]
+
+    @property
+    def pixel_steps(self) -> int:
+        return sum(h * w for _, _, h, w in self.tiles) * self.steps
 
 
 @dataclass(frozen=True)
@@ -76,6 +103,8 @@ class JobPlan:
     style_sizes: tuple[tuple[tuple[int, int], ...], ...]
     result_hw: tuple[int, int]
     peak_bytes: int
+    #: The detail pass at the result's size (upscale "detail" on an enlarged result), or None.
+    detail: DetailPass | None = None
 
     @property
     def processing_hw(self) -> tuple[int, int]:
@@ -86,6 +115,19 @@ class JobPlan:
     def enlargement(self) -> float:
         """How many times the result's longer side is the processing size's (1.0: none)."""
         return max(self.result_hw) / max(self.processing_hw)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimisation steps in all: the passes', and each detail tile's."""
+        steps = sum(p[2] for p in self.passes)
+        return steps + (len(self.detail.tiles) * self.detail.steps if self.detail else 0)
+
+    @property
+    def pixel_steps(self) -> int:
+        """The job's work: pixels times steps over every pass and tile (a step's time grows
+        with its pixels, so this times the device's seconds per pixel-step is an estimate)."""
+        work = sum(h * w * steps for h, w, steps in self.passes)
+        return work + (self.detail.pixel_steps if self.detail else 0)
 
 
 def fit_size(height: int, width: int, long_side: int, *, upscale: bool = False) -> tuple[int, int]:
@@ -158,12 +200,49 @@ def plan_job(
         )
         for side, _ in schedule
     )
+    detail = None
+    if params.upscale == "detail" and (height, width) != passes[-1][:2]:
+        detail = DetailPass(
+            tiles=tiles((height, width), DETAIL_TILE, DETAIL_OVERLAP),
+            steps=DETAIL_STEPS,
+            style_sizes=tuple(
+                _detail_painting_size(sh, sw, max(height, width) * params.style_scale, last)
+                for (sh, sw), last in zip(style_hws, style_sizes[-1], strict=True)
+            ),
+        )
     return JobPlan(
         passes=passes,
         style_sizes=style_sizes,
         result_hw=(height, width),
-        peak_bytes=_peak_bytes(passes, style_sizes, (height, width), style_hws, params, has_mask),
+        peak_bytes=_peak_bytes(
+            passes, style_sizes, (height, width), style_hws, params, has_mask, detail
+        ),
+        detail=detail,
     )
+
+
+def tiles(size: tuple[int, int], tile: int, overlap: int) -> tuple[tuple[int, int, int, int], ...]:
+    """(top, left, height, width) of tiles of at most ``tile`` px covering ``size`` (h, w),
+    neighbours overlapping by at least ``overlap`` px, spread evenly."""
+
+    def starts(length: int) -> list[tuple[int, int]]:
+        if length <= tile:
+            return [(0, length)]
+        count = math.ceil((length - overlap) / (tile - overlap))
+        size = math.ceil((length + (count - 1) * overlap) / count)  # as small as covers it
+        return [(min(i * (size - overlap), length - size), size) for i in range(count)]
+
+    return tuple((top, left, th, tw) for top, th in starts(size[0]) for left, tw in starts(size[1]))
+
+
+def _detail_painting_size(
+    height: int, width: int, wanted_side: float, last: tuple[int, int]
+) -> tuple[int, int]:
+    """The painting for the detail pass: its longer side at ``wanted_side`` but no larger than
+    its own, and no smaller than at the last pass (``last``)."""
+    side = max(min(round(wanted_side), max(height, width)), max(last))
+    h, w = fit_size(height, width, side, upscale=True)
+    return (h, w) if min(h, w) >= min(last) else last
 
 
 def _too_thin_message(height: int, width: int, h: int, w: int, max_size: int) -> str:
@@ -205,6 +284,7 @@ def _peak_bytes(
     style_hws: Sequence[tuple[int, int]],
     params: StyleParams,
     has_mask: bool,
+    detail: DetailPass | None = None,
 ) -> int:
     """An upper bound of the job's extra memory (see ``JobPlan``).
 
@@ -222,6 +302,18 @@ def _peak_bytes(
         for (h, w, _), sizes in zip(passes, style_sizes, strict=True)
     ]
     photo = result_hw[0] * result_hw[1]
+    if detail is not None:
+        tile = max(h * w for _, _, h, w in detail.tiles)
+        painting = max(h * w for h, w in detail.style_sizes)
+        per_pass.append(
+            _OPTIMISER_BYTES_PER_PIXEL[params.optimizer] * tile
+            + max(
+                _STEP_BYTES_PER_PIXEL[arithmetic] * tile,
+                _STYLE_BYTES_PER_PIXEL[arithmetic] * painting,
+            )
+            # the enlarged picture, the refined one, their blend weights, the photo
+            + _DETAIL_FULL_SIZE_BYTES_PER_PIXEL * photo
+        )
     inputs = _INPUT_BYTES_PER_PIXEL * (
         photo * (2 if has_mask else 1) + sum(sh * sw for sh, sw in style_hws)
     )

@@ -20,12 +20,13 @@ class FinishEarly(Exception):  # noqa: N818 - it is an outcome, not a failure
     returns its current iterate, brought to the result's size, as the result."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Progress:
-    """One progress event.
+    """One progress event, built with keywords.
 
-    ``preview`` is the current iterate (float32, H x W x 3, RGB in [0, 1], at processing size),
-    present on "optimising" events; consumers must not modify it.
+    ``preview`` is the current iterate (float32, H x W x 3, RGB in [0, 1], at processing size)
+    on some "optimising" events: the first, then at most one per ``preview_interval_s`` (each is
+    a copy from the device), and the last. Consumers keep the latest and must not modify it.
     """
 
     phase: str
@@ -35,6 +36,7 @@ class Progress:
     eta_s: float | None = None
     losses: Mapping[str, float] = field(default_factory=dict)
     size: tuple[int, int] | None = None  # processing (width, height) at the current scale
+    result_size: tuple[int, int] | None = None  # (width, height) of the result: the photo's
     scale: int = 1  # which scale of a coarse-to-fine run (1-based) ...
     scales: int = 1  # ... out of how many
     note: str | None = None  # something the user should know, e.g. a size lowered to fit memory

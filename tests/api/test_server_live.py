@@ -139,7 +139,10 @@ def test_palette_cmyk_la_and_greyscale_are_converted(
 
 def test_cancel_of_a_running_job_frees_the_worker(server: LiveServer) -> None:
     status, _, data = server.post_form(
-        "/v1/jobs", job_form(photo_png(), painting_png(), {"iterations": 5000, "max_size": 64})
+        "/v1/jobs",
+        job_form(
+            photo_png(), painting_png(), {"iterations": 5000, "max_size": 64, "optimizer": "adam"}
+        ),
     )
     job_id = json.loads(data)["id"]
     server.wait_state(job_id, ("failed", "cancelled", "done"), min_step=1)
@@ -156,7 +159,10 @@ def test_cancel_of_a_running_job_frees_the_worker(server: LiveServer) -> None:
 def test_abandoned_job_is_cancelled(server: LiveServer) -> None:
     server.wait_idle()
     status, _, data = server.post_form(
-        "/v1/jobs", job_form(photo_png(), painting_png(), {"iterations": 5000, "max_size": 64})
+        "/v1/jobs",
+        job_form(
+            photo_png(), painting_png(), {"iterations": 5000, "max_size": 64, "optimizer": "adam"}
+        ),
     )
     job_id = json.loads(data)["id"]
     # No GET on the job from here: health does not count as polling it.
@@ -179,7 +185,9 @@ def test_stylize_returns_a_png(server: LiveServer) -> None:
 def test_stylize_cancels_its_job_when_the_client_hangs_up(server: LiveServer) -> None:
     server.wait_idle()
     body, content_type = multipart(
-        job_form(photo_png(), painting_png(), {"iterations": 5000, "max_size": 64})
+        job_form(
+            photo_png(), painting_png(), {"iterations": 5000, "max_size": 64, "optimizer": "adam"}
+        )
     )
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(
@@ -257,7 +265,7 @@ def test_previews_and_finish_keep_the_picture_so_far(server: LiveServer) -> None
     the job runs, long polls that wake on a new preview, Keep (finish) giving a result from the
     picture at that moment."""
     server.wait_idle()
-    long_job = {"iterations": 5000, "max_size": 64, "coarse_to_fine": False}
+    long_job = {"iterations": 5000, "max_size": 64, "coarse_to_fine": False, "optimizer": "adam"}
     status, _, data = server.post_form("/v1/jobs", job_form(photo_png(), painting_png(), long_job))
     job_id = json.loads(data)["id"]
     _, _, queued = server.post_form("/v1/jobs", job_form(photo_png(), painting_png(), long_job))
@@ -267,8 +275,14 @@ def test_previews_and_finish_keep_the_picture_so_far(server: LiveServer) -> None
     assert_json_error(status, headers, data, 409, "not_started", "cancel")
     server.request("DELETE", f"/v1/jobs/{queued_id}")
 
-    # a long poll wakes on the next step, which brings a new preview
-    status, later = server.get_json(f"/v1/jobs/{job_id}?since={body['version']}&wait=10")
+    # long polls wake on each change; within a few, one brings a new preview (the engine
+    # copies one at most every 0.5 s)
+    later = body
+    for _ in range(50):
+        status, later = server.get_json(f"/v1/jobs/{job_id}?since={later['version']}&wait=10")
+        assert status == 200
+        if later["preview_step"] != body["preview_step"]:
+            break
     assert later["preview"] and later["preview_step"] > body["preview_step"]
     for size, expected in ((32, (32, 24)), (None, (64, 48)), (5000, (64, 48))):
         query = f"?size={size}" if size else ""

@@ -137,23 +137,27 @@ def test_quality_on_the_real_paintings(engine, shared_images):
 def test_a_new_image_size_reuses_the_compiled_step(engine):
     p = params(iterations=2)
     engine.stylize(synthetic_photo(48, 64), [synthetic_painting()], p)
-    step = engine._loss_fn(*engine._plan(p))  # noqa: SLF001 - the compiled function itself
-    traced = step.experimental_get_tracing_count()
+    plan, model = engine._plan(p)  # noqa: SLF001 - the compiled functions themselves
+    step = engine._objective(plan, model)  # noqa: SLF001
+    iteration = engine._optimiser(plan, model, p)  # noqa: SLF001
+    traced = step.experimental_get_tracing_count(), iteration.traces
     engine.stylize(synthetic_photo(60, 80), [synthetic_painting()], p)
     engine.stylize(synthetic_photo(64, 40), [synthetic_painting()], p)
-    assert step.experimental_get_tracing_count() == traced
+    assert (step.experimental_get_tracing_count(), iteration.traces) == traced
 
 
 def test_load_compiles_the_default_step_so_the_first_edit_does_not(engine):
     engine.unload()
     engine.load()
     defaults = StyleParams.for_device(engine.device)
-    step = engine._loss_fn(*engine._plan(defaults))  # noqa: SLF001
-    assert step.experimental_get_tracing_count() == 1  # traced by load()
+    plan, model = engine._plan(defaults)  # noqa: SLF001
+    step = engine._objective(plan, model)  # noqa: SLF001
+    iteration = engine._optimiser(plan, model, defaults)  # noqa: SLF001
+    assert (step.experimental_get_tracing_count(), iteration.traces) == (1, 1)  # by load()
     engine.stylize(
         synthetic_photo(), [synthetic_painting()], params(iterations=2, precision="auto")
     )
-    assert step.experimental_get_tracing_count() == 1
+    assert (step.experimental_get_tracing_count(), iteration.traces) == (1, 1)
 
 
 def test_unload_frees_the_network_and_the_next_job_reloads_it(engine):

@@ -12,7 +12,14 @@ import pytest
 import tensorflow as tf
 
 from nst_server.engine import EngineError, Progress
-from nst_server.engine.core import _LossScale, native_bfloat16, resolve_precision
+from nst_server.engine.device import native_bfloat16, resolve_precision
+from nst_server.engine.objective import (
+    FLOAT16_LOSS_SCALE,
+    IMAGE_SPEC,
+    Targets,
+    build_scaled_loss,
+    with_loss_scaling,
+)
 from nst_server.params import ParamsError, StyleParams
 from tests.conftest import synthetic_painting, synthetic_photo
 
@@ -75,7 +82,7 @@ def test_xla_step_equals_the_graph_step_and_handles_masks_and_new_sizes(engine):
     plain = engine.stylize(photo, painting, params(), mask=mask)
     compiled = engine.stylize(photo, painting, params(jit=True), mask=mask)
     plan, model = engine._plan(params(jit=True))  # noqa: SLF001
-    step = engine._loss_fn(plan, model)  # noqa: SLF001
+    step = engine._objective(plan, model)  # noqa: SLF001
     assert plan.jit and step.function_spec.jit_compile
     assert np.abs(compiled - plain).mean() < 0.02
     # Outside the mask both keep the photo.
@@ -94,20 +101,22 @@ def test_float16_needs_and_gets_loss_scaling(engine):
     for precision, scale in (
         ("float32", 1.0),
         ("mixed_float16", 1.0),
-        ("mixed_float16", _LossScale("mixed_float16").value),
+        ("mixed_float16", FLOAT16_LOSS_SCALE),
     ):
-        plan, model = engine._plan(params(precision=precision))  # noqa: SLF001
+        job = params(precision=precision)
+        plan, model = engine._plan(job)  # noqa: SLF001
         feats = engine._feature_fn(plan, model)(image * 0.5 + 0.25)  # noqa: SLF001
-        grams = engine._style_targets(plan, model, [synthetic_painting()], [(64, 64)], [1.0])  # noqa: SLF001
-        _, _, grad = engine._loss_fn(plan, model)(  # noqa: SLF001
-            image,
-            tuple(feats[i] for i in plan.content),
-            tuple(grams),
-            tf.constant([1.0, 20.0, 1.0, 0.0]),
-            tf.ones((1, h, w, 1)),
-            image,
-            tf.constant(scale),
+        style = engine._style_targets(  # noqa: SLF001
+            plan, model, [synthetic_painting()], [(64, 64)], [1.0], job.seed
         )
+        targets = Targets(
+            content=tuple(feats[i] for i in plan.content),
+            style=style,
+            weights=tf.constant([1.0, 20.0, 1.0, 0.0]),
+            mask=tf.ones((1, h, w, 1)),
+            photo=image,
+        )
+        _, _, grad = build_scaled_loss(plan, model)(image, targets, tf.constant(scale))
         grads[precision, scale] = grad.numpy().ravel()
     exact = grads.pop(("float32", 1.0))
 
@@ -119,25 +128,54 @@ def test_float16_needs_and_gets_loss_scaling(engine):
     assert (scaled == 0).mean() < 0.01 < 0.1 < (unscaled == 0).mean()
 
 
-def test_loss_scale_halves_on_overflow_and_gives_up_with_advice():
-    scaler = _LossScale("mixed_float16")
-    assert scaler.value == 2.0**15
-    assert scaler.accept(np.ones(4))
-    assert not scaler.accept(np.array([1.0, np.inf]))
-    assert scaler.value == 2.0**14
-    scaler.value = 1.0
-    with pytest.raises(EngineError, match="use precision 'mixed_bfloat16' or 'float32'"):
-        scaler.accept(np.array([np.nan]))
-    assert _LossScale("mixed_bfloat16").accept(np.array([np.inf]))  # no scaling: not its job
+def test_loss_scale_halves_on_overflow_and_gives_up_with_advice(engine, monkeypatch):
+    """In the compiled objective: a gradient that overflows above a scale of 2^10 lowers the
+    scale to 2^10 and comes back finite; one that always overflows fails with advice, which the
+    engine passes on as an engine error."""
+    signature = [IMAGE_SPEC, tf.TensorSpec((), tf.float32)]
+
+    @tf.function
+    def overflows_above_1024(image, limit, loss_scale):
+        grad = tf.where(loss_scale > limit, np.inf, 1.0) * tf.ones_like(image)
+        return tf.reduce_sum(image), tf.zeros(4), grad
+
+    objective = with_loss_scaling(overflows_above_1024, signature)
+    image = tf.ones((1, 4, 4, 3))
+    _, _, grad = objective(image, tf.constant(1024.0))
+    assert objective.loss_scale.numpy() == 1024.0 and np.isfinite(grad.numpy()).all()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="use precision 'mixed_bfloat16'"):
+        objective(image, tf.constant(0.5))
+    assert objective.loss_scale.numpy() == 1.0
+
+    class Overflowing:
+        x = tf.zeros((1, 4, 4, 3))
+
+        def release(self) -> None:
+            pass
+
+        def start(self, *args):
+            objective(image, tf.constant(0.5))
+
+    monkeypatch.setattr(engine, "_optimiser", lambda *args: Overflowing())
+    with pytest.raises(EngineError, match="overflowed in float16; use precision"):
+        engine.stylize(synthetic_photo(), [synthetic_painting()], params())
 
 
 def test_an_xla_compile_failure_is_an_engine_error_that_says_to_turn_jit_off(engine, monkeypatch):
     """The compiled step itself is replaced (one layer): XLA refusing an op on some device."""
 
-    def refuses(*args):
-        raise tf.errors.InvalidArgumentError(None, None, "Detected unsupported operations\nmore")
+    class Refuses:
+        x = tf.zeros((1, 4, 4, 3))
 
-    monkeypatch.setattr(engine, "_loss_fn", lambda plan, model: refuses)
+        def release(self) -> None:
+            pass
+
+        def start(self, *args):
+            raise tf.errors.InvalidArgumentError(
+                None, None, "Detected unsupported operations\nmore"
+            )
+
+    monkeypatch.setattr(engine, "_optimiser", lambda *args: Refuses())
     with pytest.raises(
         EngineError, match=r"XLA could not compile.*unsupported operations.*jit off"
     ):

@@ -99,6 +99,7 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer
     port = free_port()
     log = tmp_path_factory.mktemp("nst-server") / "server.log"
     command = serve_command(port, log, abandon_after_s=ABANDON_AFTER_S)
+    # The test session's token (tests/conftest.py keeps it out of the user's config).
     client = nst_client.NstClient(f"http://127.0.0.1:{port}", session_token())
     # Its stderr (TensorFlow's start-up chatter) goes to a file: an unread pipe could fill up.
     console = log.with_name("console.txt")

@@ -10,7 +10,6 @@
 #   NST_E2E_DIR        folder inside the chroot with content.jpg, style.jpg and style2.jpg;
 #                      results go here
 #   NST_E2E_URL        the real server's URL (the host's 127.0.0.1 is shared with the chroot)
-#   NST_E2E_TOKEN      its token
 #   NST_E2E_DEAD_URL   a URL where nothing listens (the "server unreachable" scenario)
 #   NST_E2E_SCENARIOS  comma-separated: basic, selection, unreachable, long, deep, style-file,
 #                      grey, float, preserve, two-styles, continue, registered, badtoken,
@@ -148,7 +147,6 @@ def call_plugin(image, photo, style, url, **extra):
     config.set_property("quality", "draft")
     config.set_property("seed", 1)
     config.set_property("server-url", url)
-    config.set_property("server-token", os.environ.get("NST_E2E_TOKEN", ""))
     for key, value in extra.items():
         config.set_property(key.replace("_", "-"), value)
     result = proc.run(config)

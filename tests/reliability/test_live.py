@@ -183,7 +183,7 @@ def test_kill_9_mid_job_then_restart_serves_and_the_plugin_says_so(server: LiveS
                 client,
                 content,
                 [painting()],
-                {"iterations": 5000, "max_size": 64},
+                {"iterations": 5000, "max_size": 64, "optimizer": "adam"},
                 poll_interval=0.1,
             )
             outcome["result"] = "success"

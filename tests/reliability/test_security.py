@@ -166,9 +166,10 @@ _events: list[tuple[str, tuple]] = []
 _recording = threading.Event()
 
 
-def _hook(event: str, args: tuple) -> None:
-    if _recording.is_set() and event in _WATCHED:
-        _events.append((event, args))
+def _hook(event: str, args: tuple, recording=_recording, events=_events, watched=_WATCHED) -> None:
+    # Bound at definition: the hook outlives this module's globals at interpreter exit.
+    if recording.is_set() and event in watched:
+        events.append((event, args))
 
 
 _hook_installed = False

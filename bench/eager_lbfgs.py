@@ -1,16 +1,7 @@
-"""L-BFGS on TensorFlow tensors: the optimiser's state and arithmetic stay on the device.
-
-The engine's default. scipy's L-BFGS-B (still selectable: ``StyleEngine.lbfgs = "scipy"``) runs
-on the host in float64: on a GPU every evaluation would copy the image and its gradient across
-PCIe, the two-loop recursion would run on the CPU, and setting up its bounds is a Python loop
-over every pixel (about 0.5 s per pass at 384 px). On this project's 2-core CPU this one made a
-default edit take 23% less time at the same picture (BENCHMARKS.md). This is
-the same algorithm as torch.optim.LBFGS, which the fast PyTorch implementations use: the
-two-loop recursion over the last ``memory`` steps and unit steps; kept in [0, 1] by projection,
-with backtracking when a step does not lower the loss enough (Armijo), which torch leaves out,
-and a first step found by growing a unit-length one while the loss falls (torch's fixed first
-step, 1 / |g|_1, barely moves a normalised image loss, and every coarse-to-fine pass starts
-without curvature history).
+"""The engine's L-BFGS before it was compiled (eager TensorFlow, ~170 op launches and several
+host reads per iteration), kept only so the benchmark can measure the compiled one against it
+(``nst_server.engine.optimisers.LBFGS``, the same algorithm in one ``tf.function`` per
+iteration).
 
 Pure TensorFlow and numpy, no engine state: ``minimize`` takes a function returning the loss
 and its gradient as tensors.

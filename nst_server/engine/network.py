@@ -1,0 +1,100 @@
+"""VGG19 with the real weights, in the precision a job asks for, cut at the layers a job uses."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nst_server.engine.device import import_tensorflow
+from nst_server.params import VGG19_LAYERS
+from nst_server.weights import WeightsSource, load_weights
+
+tf = import_tensorflow()
+log = logging.getLogger(__name__)
+
+#: Caffe-style VGG input: BGR, 0..255, ImageNet mean subtracted (what the weights were trained on).
+_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One compiled configuration: which extractor outputs are content and style features, the
+    statistic the style loss matches, the dtype policy VGG19 computes in, and whether the step
+    is XLA-compiled."""
+
+    outputs: tuple[str, ...]
+    content: tuple[int, ...]
+    style: tuple[int, ...]
+    style_loss: str = "gram"
+    policy: str = "float32"
+    jit: bool = False
+
+    @property
+    def style_layers(self) -> tuple[str, ...]:
+        return tuple(self.outputs[i] for i in self.style)
+
+
+def layer_plan(
+    content_layers: Sequence[str],
+    style_layers: Sequence[str],
+    *,
+    style_loss: str = "gram",
+    policy: str = "float32",
+    jit: bool = False,
+) -> LayerPlan:
+    # Outputs in network order: the model then computes only up to the deepest one.
+    outputs = tuple(n for n in VGG19_LAYERS if n in content_layers or n in style_layers)
+    return LayerPlan(
+        outputs=outputs,
+        content=tuple(outputs.index(n) for n in content_layers),
+        style=tuple(outputs.index(n) for n in style_layers),
+        style_loss=style_loss,
+        policy=policy,
+        jit=jit,
+    )
+
+
+def build_vgg19(weights: WeightsSource) -> tf.keras.Model:
+    """VGG19's convolutional part (float32) with ``weights``; frozen: gradients go to the image."""
+    started = time.perf_counter()
+    vgg = tf.keras.applications.VGG19(include_top=False, weights=None, input_shape=(None, None, 3))
+    # Our reader for both files: it checks a known file's digest on the very bytes it parses.
+    for name, (kernel, bias) in load_weights(weights).items():
+        vgg.get_layer(name).set_weights([kernel, bias])
+    vgg.trainable = False
+    log.info("VGG19 built in %.1f s from %s", time.perf_counter() - started, weights.describe())
+    return vgg
+
+
+def with_policy(vgg: tf.keras.Model, policy: str) -> tf.keras.Model:
+    """A copy of ``vgg`` whose layers compute in ``policy`` (e.g. mixed_bfloat16); the kernels
+    are stored as float32 and cast once per step."""
+
+    def clone(layer: tf.keras.layers.Layer) -> tf.keras.layers.Layer:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
+
+    copy = tf.keras.models.clone_model(vgg, clone_function=clone)
+    copy.set_weights(vgg.get_weights())
+    copy.trainable = False
+    return copy
+
+
+def extractor(network: tf.keras.Model, outputs: Sequence[str]) -> tf.keras.Model:
+    """``network`` cut after the deepest of ``outputs``, returning those layers' activations."""
+    model = tf.keras.Model(network.input, [network.get_layer(n).output for n in outputs])
+    model.trainable = False
+    return model
+
+
+def preprocess(image: tf.Tensor) -> tf.Tensor:
+    """[0, 1] RGB -> Caffe-style BGR, 0..255, mean subtracted (the VGG weights' convention)."""
+    bgr = tf.reverse(image, axis=[-1]) * 255.0
+    return bgr - tf.constant(_BGR_MEAN, tf.float32)
+
+
+def as_float32(features: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """Features in float32 whatever the network computed in: statistics and losses sum over
+    many positions, which bfloat16's 8-bit mantissa would not survive."""
+    return [tf.cast(f, tf.float32) for f in features]
