@@ -19,10 +19,12 @@ loader's sandbox): mounted for the session only when it is not already, and unmo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -63,6 +65,24 @@ def make_profile(release: GimpRelease, token: str) -> tuple[Path, str]:
     (outside / "token").write_text(token)
     install_plugin(outside / "profile" / "plug-ins", f"/tmp/{name}/token")
     return outside, f"/tmp/{name}"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Pids of the processes below ``pid`` (from /proc), children first."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _free_display(root: Path) -> int:
@@ -178,6 +198,9 @@ class GuiSession:
         return session
 
     def stop(self) -> None:
+        # GIMP's plug-ins (ours, Script-Fu, icon loaders) are its children: ended too, by pid,
+        # so nothing is left running in the chroot and /proc can be unmounted.
+        children = _descendants(self.gimp.pid) if self.gimp is not None else []
         for process in (self.gimp, self.xvfb):
             if process is not None and process.poll() is None:
                 process.terminate()
@@ -186,9 +209,17 @@ class GuiSession:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(10)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         root = self.release.root
         if self.mounted_proc:
-            subprocess.run(["umount", str(root / "proc")], check=False)
+            for _ in range(40):  # a child may take a moment to go
+                if subprocess.run(["umount", str(root / "proc")], check=False).returncode == 0:
+                    break
+                time.sleep(0.25)
+            else:
+                raise RuntimeError(f"could not unmount {root / 'proc'}: unmount it by hand")
             self.mounted_proc = False
         for leftover in (
             root / "tmp" / f".X{self.display}-lock",

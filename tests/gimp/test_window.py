@@ -89,8 +89,11 @@ def test_window_preview_keep_undo_cancel_history_presets(
         {"set": LONG},
         {"run": True},
         {"wait_previews": 1},
-        {"signal": "edit"},  # the artist: duplicate the photo layer, select all, select none
+        # The artist: duplicates the photo layer, inverts the selection (all), and again (none).
+        # (Select > Invert, not Ctrl+A: the Layers list takes Ctrl+A when it has the focus.)
+        {"signal": "edit"},
         {"wait_file": "edited"},
+        {"log": "edited"},
         {"wait_previews": 3},
         {"log": "before-keep"},
         {"keep": True},
@@ -151,7 +154,7 @@ def test_window_preview_keep_undo_cancel_history_presets(
     try:
         session.open_window()
         session.wait_event("signal", name="edit")
-        session.keys("shift+ctrl+d", "ctrl+a", "shift+ctrl+a")
+        session.keys("shift+ctrl+d", "ctrl+i", "ctrl+i")
         session.touch("edited")
         titles = {}
         for i in range(1, 6):
@@ -202,9 +205,11 @@ def test_window_preview_keep_undo_cancel_history_presets(
 
     # Undo: the result (one step), then the artist's three steps, then nothing more - the
     # preview's many updates left no steps.
+    assert names(states["edited"]["layers"])[:2] == ["Starry Night", "Photo copy"]
+    assert states["edited"]["selection"] is False
     assert names(states["undo1"]["layers"]) == ["Starry Night", "Photo copy", "Photo"]
-    assert states["undo2"]["selection"] is True  # "select none" undone
-    assert states["undo3"]["selection"] is False  # "select all" undone
+    assert states["undo2"]["selection"] is True  # the second "invert" undone
+    assert states["undo3"]["selection"] is False  # the first "invert" undone
     assert names(states["undo3"]["layers"]) == ["Starry Night", "Photo copy", "Photo"]
     assert names(states["undo4"]["layers"]) == ["Starry Night", "Photo"]
     assert names(states["undo5"]["layers"]) == ["Starry Night", "Photo"]
