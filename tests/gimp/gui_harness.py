@@ -215,7 +215,10 @@ class GuiSession:
         root = self.release.root
         if self.mounted_proc:
             for _ in range(40):  # a child may take a moment to go
-                if subprocess.run(["umount", str(root / "proc")], check=False).returncode == 0:
+                done = subprocess.run(
+                    ["umount", str(root / "proc")], capture_output=True, check=False
+                )
+                if done.returncode == 0:
                     break
                 time.sleep(0.25)
             else:
