@@ -480,7 +480,8 @@ def scenario_grey():
 
 
 def scenario_dialog():
-    """GUI only (gimp-3.0 under Xvfb, dialog_screenshot.sh): open the plug-in's real dialog."""
+    """GUI only (gimp-3.0 under Xvfb, dialog_screenshot.sh): open the plug-in's real window
+    (interactive runs open the Neural Style window)."""
     image, photo, style = build_image()
     add_second_style(image, photo)
     style.set_visible(True)
