@@ -22,8 +22,9 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gtk", "3.0")
 gi.require_version("GdkPixbuf", "2.0")
+gi.require_version("Pango", "1.0")
 import nst_client
-from gi.repository import GdkPixbuf, Gimp, GimpUi, Gio, GLib, GObject, Gtk
+from gi.repository import GdkPixbuf, Gimp, GimpUi, Gio, GLib, GObject, Gtk, Pango
 from nst_client import controller as ctl
 from nst_client import options
 
@@ -85,7 +86,7 @@ class RunRow(Gtk.ListBoxRow):
         box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
         box.set_border_width(4)
         self.label = Gtk.Label(label=view.label, xalign=0.0)
-        self.label.set_ellipsize(3)  # Pango.EllipsizeMode.END
+        self.label.set_ellipsize(Pango.EllipsizeMode.END)
         self.bar = Gtk.ProgressBar(show_text=True)
         buttons = Gtk.Box(spacing=6)
         self.keep = Gtk.Button.new_with_mnemonic("_Keep")
@@ -140,7 +141,6 @@ class StudioWindow:
         self.observers = []  # the test hook (script.py): told of previews and run ends
         self.question = None  # the "Cancel them?" dialog while it is up
         self._rows: dict[int, RunRow] = {}
-        self._targets: dict[int, RunTarget] = {}
         self._ended: set[int] = set()
         self._history: list[nst_client.HistoryEntry] = []
         self._client_key = None
@@ -275,6 +275,7 @@ class StudioWindow:
     def run(self) -> None:
         """Show the window and serve it until it is closed and no run is pending."""
         self.refresh_history()
+        self._refresh_start_from()
         self.refresh_presets()
         self.dialog.show()
         GLib.timeout_add(IMAGE_WATCH_MS, self._watch_image)
