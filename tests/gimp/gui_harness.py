@@ -124,7 +124,7 @@ class GuiSession:
         root = release.root
         name = f"nst-gui-session-{uuid.uuid4().hex[:8]}"
         outside = root / "tmp" / name
-        outside.mkdir(parents=True)
+        (outside / "tmp").mkdir(parents=True)
         inside = f"/tmp/{name}"
         shutil.copy(SHARED_IMAGES / "content" / "tubingen.jpg", outside / "content.jpg")
         shutil.copy(SHARED_IMAGES / "style" / "starry_night.jpg", outside / "style.jpg")
@@ -151,6 +151,7 @@ class GuiSession:
             "DISPLAY": f":{display}",
             "GIMP3_DIRECTORY": f"{profile[1]}/profile",
             "NST_E2E_DIR": inside,
+            "TMPDIR": f"{inside}/tmp",  # GIMP's own temporary files go with the session
             "NST_E2E_SIZE": str(size),
             "NST_WINDOW_IMAGES": str(images),
             "NST_WINDOW_STALE_PREVIEW": "1" if stale_preview else "",
