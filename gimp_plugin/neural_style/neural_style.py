@@ -5,16 +5,20 @@ Sends the active layer (the photo) and a style layer or file (the painting) to t
 neural-style server (nst_server), shows the job's progress, and inserts the result as a new layer
 "Neural Style (<style name>)" above the photo, in one undo group. A selection is sent as the
 job's mask (the server stylises only there, with a soft edge) and also becomes the layer's mask.
-Result layers carry a parasite naming their photo layer: running the plug-in on a result layer
-sends that photo as the content and the result as the starting image, so a run can continue
+Result layers carry a parasite recording how they were made: running the plug-in on a result
+layer sends its photo as the content and the result as the starting image, so a run can continue
 (more steps, another style) instead of starting over.
 
-Thin on purpose: HTTP, polling, PNG and the server start-up live in nst_client.py (a sibling
-module, importable because GIMP runs this file as a script, so its folder is on sys.path), which
-the tests import without GIMP. Shape and calls follow GIMP 3.0's own plug-ins/python/foggify.py.
+Thin on purpose: HTTP, polling, PNG, the options table, records and the server start-up live in
+the nst_client package beside this file (importable because GIMP runs this file as a script, so
+its folder is on sys.path), which the tests import without GIMP. The procedure's arguments come
+from nst_client.options.OPTIONS. Shape and calls follow GIMP 3.0's plug-ins/python/foggify.py:
+``neural_style()`` is a pipeline of named steps.
 """
 
 import sys
+import time
+from dataclasses import dataclass, field
 
 import gi
 
@@ -24,6 +28,7 @@ from gi.repository import Gimp
 gi.require_version("Gegl", "0.4")
 import nst_client
 from gi.repository import Gegl, GLib, GObject
+from nst_client import options
 
 PROC_NAME = "python-fu-neural-style"
 
@@ -37,6 +42,39 @@ _FORMATS = {
 }
 
 
+class Refusal(Exception):
+    """The artist asked for something the plug-in cannot do: a calling error, with the fix."""
+
+
+@dataclass
+class Job:
+    """What one run sends and what its result layer will record."""
+
+    content_layer: object
+    source_bits: int
+    params: dict
+    settings: dict
+    content: object  # nst_client.RawImage
+    style_pngs: list
+    paintings: list  # nst_client.Painting, in upload order
+    mask_png: bytes | None = None
+    init_png: bytes | None = None
+
+
+@dataclass
+class Outcome:
+    """The finished job: its result PNG, its last status and what it said along the way."""
+
+    png: bytes
+    last_status: dict
+    seconds: float
+    notes: list = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# GIMP helpers
+
+
 def _source_bits(image):
     """Bits per channel the image holds: 8, 16 (u16, half float) or 32 (u32, float, double)."""
     nick = image.get_precision().value_nick  # e.g. "u8-non-linear", "float-linear"
@@ -45,10 +83,6 @@ def _source_bits(image):
     if nick.startswith(("u16", "half")):
         return 16
     return 32
-
-
-def _fail(procedure, message, status=Gimp.PDBStatusType.EXECUTION_ERROR):
-    return procedure.new_return_values(status, GLib.Error(message))
 
 
 def _read_pixels(drawable, bit_depth):
@@ -105,35 +139,6 @@ def _all_layers(layers):
             yield from _all_layers(layer.get_children())
 
 
-def _continue_source(image, active):
-    """(record, source photo layer) when ``active`` is a result of this plug-in whose photo is
-    still in the image; (record, None) when that photo is gone; (None, None) otherwise.
-
-    Layer ids hold within a GIMP session only; after an XCF is reopened they differ, so an id
-    counts only if the name matches too, and otherwise a unique layer of that name is taken.
-    """
-    parasite = active.get_parasite(nst_client.RESULT_PARASITE)
-    record = nst_client.decode_result_record(parasite.get_data() if parasite else None)
-    if record is None:
-        return None, None
-    name = record["source_name"]
-    source_id = record["source_id"]
-    by_id = Gimp.Item.get_by_id(source_id) if Gimp.Item.id_is_valid(source_id) else None
-    if (
-        isinstance(by_id, Gimp.Layer)
-        and by_id != active
-        and by_id.get_image() == image
-        and by_id.get_name() == name
-    ):
-        return record, by_id
-    named = [
-        layer
-        for layer in _all_layers(image.get_layers())
-        if layer.get_name() == name and layer != active
-    ]
-    return record, (named[0] if len(named) == 1 else None)
-
-
 def _new_layer(image, name, result):
     """A complete, not yet inserted layer holding the decoded result PNG."""
     layer_type = Gimp.ImageType.RGBA_IMAGE if result.has_alpha else Gimp.ImageType.RGB_IMAGE
@@ -167,216 +172,239 @@ def _redraw_thumbnail_once(chooser, _allocation):
     GLib.idle_add(lambda: chooser.set_drawable(chooser.get_drawable()) and False)
 
 
-def neural_style(procedure, run_mode, image, drawables, config, data):
+# --------------------------------------------------------------------------------------------
+# The run's steps
+
+
+def _target_layer(image, drawables):
+    """The photo: exactly one layer of an RGB image."""
     if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
-        return _fail(
-            procedure,
-            "Neural Style works on one layer: select the photo layer only.",
-            Gimp.PDBStatusType.CALLING_ERROR,
-        )
-    active = drawables[0]
+        raise Refusal("Neural Style works on one layer: select the photo layer only.")
     if image.get_base_type() != Gimp.ImageBaseType.RGB:
-        return _fail(
-            procedure,
-            "Neural Style needs an RGB image: convert it with Image > Mode > RGB first.",
-            Gimp.PDBStatusType.CALLING_ERROR,
+        raise Refusal("Neural Style needs an RGB image: convert it with Image > Mode > RGB first.")
+    return drawables[0]
+
+
+def _continue_source(image, active):
+    """(content layer, layer to start from or None): the photo itself, or, when ``active`` is a
+    result of this plug-in whose photo is still in the image, that photo and the result.
+
+    Layer ids hold within a GIMP session only; after an XCF is reopened they differ, so an id
+    counts only if the name matches too, and otherwise a unique layer of that name is taken.
+    """
+    parasite = active.get_parasite(nst_client.RESULT_PARASITE)
+    record = nst_client.decode_result_record(parasite.get_data() if parasite else None)
+    if record is None:
+        return active, None
+    name = record["source_name"]
+    source_id = record["source_id"]
+    by_id = Gimp.Item.get_by_id(source_id) if Gimp.Item.id_is_valid(source_id) else None
+    if (
+        isinstance(by_id, Gimp.Layer)
+        and by_id != active
+        and by_id.get_image() == image
+        and by_id.get_name() == name
+    ):
+        return by_id, active
+    named = [
+        layer
+        for layer in _all_layers(image.get_layers())
+        if layer.get_name() == name and layer != active
+    ]
+    if len(named) == 1:
+        return named[0], active
+    Gimp.message(
+        f"Neural Style: the photo layer '{name}' this result was made from is no longer in the "
+        "image, so the result layer itself is stylised as a new photo."
+    )
+    return active, None
+
+
+def _ask(procedure, config, image, photo, content_layer, installed):
+    """The dialog (interactive runs): False when the artist cancels it."""
+    gi.require_version("GimpUi", "3.0")
+    from gi.repository import GimpUi
+
+    GimpUi.init(PROC_NAME)
+    if config.get_property("style-layer") is None:
+        config.set_property("style-layer", _other_layer(image, photo, content_layer))
+    if config.get_property("style-layer-2") is None:
+        # Left empty, GIMP's chooser takes the active layer (the photo): offer another
+        # painting instead. It only counts once its share is above 0.
+        config.set_property(
+            "style-layer-2",
+            _other_layer(image, photo, content_layer, config.get_property("style-layer"))
+            or config.get_property("style-layer"),
         )
+    if not config.get_property("server-url"):
+        config.set_property("server-url", installed.get("server_url", ""))
+    dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config)
+    main = [o.name for o in options.OPTIONS if o.group == options.STYLE]
+    advanced = [o.name for o in options.OPTIONS if o.group != options.STYLE]
+    dialog.get_label("advanced-label", "Advanced", False, False)
+    dialog.fill_box("advanced-box", advanced)
+    dialog.fill_expander("advanced", "advanced-label", False, "advanced-box")
+    dialog.fill([*main, "advanced"])
+    for name in ("style-layer", "style-layer-2"):
+        widget = dialog.get_widget(name, GObject.TYPE_NONE)
+        if isinstance(widget, GimpUi.DrawableChooser):
+            widget.connect("size-allocate", _redraw_thumbnail_once)
+    ok = dialog.run()
+    dialog.destroy()
+    return ok
 
-    try:
-        settings = nst_client.load_config()
-    except nst_client.NstError as exc:
-        return _fail(procedure, str(exc))
 
-    # Continue from a result: the photo it was made from is the content, the result the start.
-    content_layer, init_layer = active, None
-    record, source = _continue_source(image, active)
-    if source is not None:
-        content_layer, init_layer = source, active
-    elif record is not None:
-        Gimp.message(
-            f"Neural Style: the photo layer '{record['source_name']}' this result was made from "
-            "is no longer in the image, so the result layer itself is stylised as a new photo."
-        )
+def _settings(config):
+    """The remembered options' values (option name -> value), as presets and records hold them."""
+    return {option.name: config.get_property(option.name) for option in options.REMEMBERED}
 
-    if run_mode == Gimp.RunMode.INTERACTIVE:
-        gi.require_version("GimpUi", "3.0")
-        from gi.repository import GimpUi
 
-        GimpUi.init(PROC_NAME)
-        if config.get_property("style-layer") is None:
-            config.set_property("style-layer", _other_layer(image, active, content_layer))
-        if config.get_property("style-layer-2") is None:
-            # Left empty, GIMP's chooser takes the active layer (the photo): offer another
-            # painting instead. It only counts once its share is above 0.
-            config.set_property(
-                "style-layer-2",
-                _other_layer(image, active, content_layer, config.get_property("style-layer"))
-                or config.get_property("style-layer"),
-            )
-        if not config.get_property("server-url"):
-            config.set_property("server-url", settings.get("server_url", ""))
-        dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config)
-        dialog.fill(
-            [
-                "style-layer",
-                "style-file",
-                "style-layer-2",
-                "style-blend",
-                "strength",
-                "style-scale",
-                "preserve-colors",
-                "quality",
-                "iterations",
-                "max-size",
-                "optimizer",
-                "seed",
-                "server-url",
-                "server-token",
-            ]
-        )
-        for name in ("style-layer", "style-layer-2"):
-            widget = dialog.get_widget(name, GObject.TYPE_NONE)
-            if isinstance(widget, GimpUi.DrawableChooser):
-                widget.connect("size-allocate", _redraw_thumbnail_once)
-        ok = dialog.run()
-        dialog.destroy()
-        if not ok:
-            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-
-    style_layer = config.get_property("style-layer")
+def _paintings(config, photo, content_layer):
+    """[(nst_client.Painting, pixel reader taking a bit depth)] of the paintings to send."""
     style_file = config.get_property("style-file")
     if style_file is not None and not style_file.get_path():
         style_file = None
+    style_layer = config.get_property("style-layer")
     if style_layer is None and style_file is None:
-        return _fail(
-            procedure,
-            "Choose a style: a layer holding the painting, or an image file.",
-            Gimp.PDBStatusType.CALLING_ERROR,
-        )
-    if style_file is None and style_layer in (active, content_layer):
-        return _fail(
-            procedure,
-            "The style layer is the photo layer itself: choose the painting's layer.",
-            Gimp.PDBStatusType.CALLING_ERROR,
-        )
-    # The second style only counts with a share above 0: the dialog's drawable chooser has no
-    # "none" entry, so its value alone cannot say "off", and 0 (the default) keeps one style.
-    style_layer_2 = config.get_property("style-layer-2")
+        raise Refusal("Choose a style: a layer holding the painting, or an image file.")
+    if style_file is None and style_layer in (photo, content_layer):
+        raise Refusal("The style layer is the photo layer itself: choose the painting's layer.")
+    second = config.get_property("style-layer-2")
     share = config.get_property("style-blend")
-    if style_layer_2 is not None and share > 0 and style_layer_2 in (active, content_layer):
-        return _fail(
-            procedure,
-            "The second style layer is the photo layer itself: choose a painting's layer.",
-            Gimp.PDBStatusType.CALLING_ERROR,
+    if second is not None and share > 0 and second in (photo, content_layer):
+        raise Refusal(
+            "The second style layer is the photo layer itself: choose a painting's layer."
         )
-    use_second = style_layer_2 is not None and share > 0
 
-    url = config.get_property("server-url") or settings.get("server_url") or ""
-    client = nst_client.NstClient(url, config.get_property("server-token") or "")
+    def from_layer(layer):
+        painting = nst_client.Painting(layer.get_name(), layer_id=layer.get_id())
+        return painting, lambda bits: _read_pixels(layer, bits)
+
+    sources = {
+        "style-file": lambda: (
+            nst_client.Painting(style_file.get_basename(), file=style_file.get_path()),
+            lambda bits: _style_from_file(style_file, bits),
+        ),
+        "style-layer": lambda: from_layer(style_layer),
+        "style-layer-2": lambda: from_layer(second),
+    }
+    chosen = nst_client.styles_to_send(share, style_file is not None, second is not None)
+    return [sources[name]() for name in chosen]
+
+
+def _start_server(client, installed, report):
+    nst_client.ensure_server(
+        client, installed.get("start_command"), report=lambda text: report(None, text)
+    )
+
+
+def _prepare_job(client, image, content_layer, init_layer, paintings, settings):
+    """Read the pixels and work out the params: everything the server is sent."""
     source_bits = _source_bits(image)
     # Deeper than 8 bits: send 16-bit PNGs (the server computes in float and answers in 16 bits).
     bit_depth = 8 if source_bits == 8 else 16
+    params = nst_client.build_job_params(client.params(), settings, styles=len(paintings))
+    content = _read_pixels(content_layer, bit_depth)
+    init = None if init_layer is None else _read_pixels(init_layer, bit_depth)
+    return Job(
+        content_layer=content_layer,
+        source_bits=source_bits,
+        params=params,
+        settings=settings,
+        content=content,
+        style_pngs=[nst_client.encode_png(read(bit_depth)) for _, read in paintings],
+        paintings=[painting for painting, _ in paintings],
+        mask_png=_selection_mask(image, content_layer),
+        init_png=None if init is None else nst_client.encode_png(init),
+    )
 
-    Gimp.progress_init("Neural style")
 
-    def report(fraction, text):
-        Gimp.progress_set_text(text)
-        if fraction is None:
-            Gimp.progress_pulse()
-        else:
-            Gimp.progress_update(fraction)
+def _stylise(client, job, report):
+    statuses, notes = [], []
+    started = time.monotonic()
+    png = nst_client.run_job(
+        client,
+        nst_client.encode_png(job.content),
+        job.style_pngs,
+        job.params,
+        progress=report,
+        mask_png=job.mask_png,
+        init_png=job.init_png,
+        on_note=notes.append,
+        on_status=statuses.append,
+    )
+    return Outcome(png, statuses[-1] if statuses else {}, time.monotonic() - started, notes)
 
-    notes = []
+
+def _decode(outcome, job):
+    Gimp.progress_set_text("Neural style: decoding the result")
     try:
-        nst_client.ensure_server(
-            client, settings.get("start_command"), report=lambda text: report(None, text)
+        return nst_client.decode_png(
+            outcome.png, expected_size=(job.content.width, job.content.height)
         )
-        schema = client.params()
-        styles, style_names = [], []
-        if share < 100 or not use_second:  # at 100 % the first style would weigh nothing
-            if style_file is not None:
-                styles.append(_style_from_file(style_file, bit_depth))
-                style_names.append(style_file.get_basename())
-            else:
-                styles.append(_read_pixels(style_layer, bit_depth))
-                style_names.append(style_layer.get_name())
-        if use_second:
-            styles.append(_read_pixels(style_layer_2, bit_depth))
-            style_names.append(style_layer_2.get_name())
-        params = nst_client.build_job_params(
-            schema,
-            quality=config.get_property("quality"),
-            strength=config.get_property("strength"),
-            iterations=config.get_property("iterations"),
-            max_size=config.get_property("max-size"),
-            optimizer=config.get_property("optimizer"),
-            seed=config.get_property("seed"),
-            preserve_colors=config.get_property("preserve-colors"),
-            style_scale=config.get_property("style-scale"),
-            style_blend=nst_client.blend_for_share(share) if len(styles) == 2 else None,
-        )
-        content = _read_pixels(content_layer, bit_depth)
-        init_png = None
-        if init_layer is not None:
-            init_png = nst_client.encode_png(_read_pixels(init_layer, bit_depth))
-        png = nst_client.run_job(
-            client,
-            nst_client.encode_png(content),
-            [nst_client.encode_png(style) for style in styles],
-            params,
-            progress=report,
-            mask_png=_selection_mask(image, content_layer),
-            init_png=init_png,
-            on_note=notes.append,
-        )
-        Gimp.progress_set_text("Neural style: decoding the result")
-        result = nst_client.decode_png(png, expected_size=(content.width, content.height))
-    except nst_client.NstError as exc:
-        Gimp.progress_end()
-        return _fail(procedure, str(exc))
-    except ValueError as exc:  # a PNG we cannot decode
-        Gimp.progress_end()
-        return _fail(procedure, f"The server's result could not be read: {exc}")
-    except GLib.Error as exc:  # a GIMP call failed (reading pixels, loading the style file)
-        Gimp.progress_end()
-        return _fail(procedure, f"Neural Style: GIMP could not prepare the images: {exc.message}")
-    except Exception as exc:  # anything else still reaches the user as a message, not a trace
-        Gimp.progress_end()
-        return _fail(procedure, f"Neural Style failed unexpectedly: {exc!r}")
+    except ValueError as exc:
+        raise nst_client.NstError(f"The server's result could not be read: {exc}") from None
 
-    name = f"Neural Style ({' + '.join(style_names)})"
-    if result.bit_depth < source_bits:
+
+def _facts(job, outcome):
+    status = outcome.last_status
+    progress = status.get("progress") or {}
+    step = progress.get("step")
+    return nst_client.ResultFacts(
+        processing_size=nst_client.processing_size(status),
+        steps=step if isinstance(step, int) else job.params.get("iterations"),
+        time_s=outcome.seconds,
+        engine_version=status.get("engine_version"),
+        finished_early=progress.get("finished_early") is True,
+    )
+
+
+def _layer_name(job, facts, result):
+    name = nst_client.result_layer_name(
+        [p.name for p in job.paintings], facts.processing_size, (result.width, result.height)
+    )
+    if result.bit_depth < job.source_bits:
         # Never lose precision silently: say so in the layer name and in GIMP's messages.
         name += f" [{result.bit_depth}-bit result]"
         Gimp.message(
             f"Neural Style: the result has {result.bit_depth} bits per channel; this image has "
-            f"{source_bits}, so the new layer holds less precision than the photo."
+            f"{job.source_bits}, so the new layer holds less precision than the photo."
         )
+    return name
 
+
+def _insert_result(image, active, job, outcome, result):
+    """The result as a new layer above ``active`` with its record, in one undo group; nothing
+    is left behind when a GIMP call fails."""
     # Never silent: a note (e.g. "processed at a smaller size: memory") reaches the user.
-    for note in notes:
+    for note in outcome.notes:
         Gimp.message(f"Neural Style: {note}")
-    record_bytes = nst_client.encode_result_record(
-        content_layer.get_id(), content_layer.get_name(), " + ".join(style_names), params
+    facts = _facts(job, outcome)
+    record = nst_client.encode_result_record(
+        job.content_layer.get_id(),
+        job.content_layer.get_name(),
+        job.paintings,
+        job.settings,
+        job.params,
+        facts,
     )
-
     Gimp.context_push()
     image.undo_group_start()
     layer = None
     inserted = False
     try:
-        layer = _new_layer(image, name, result)
-        offset_x, offset_y = content_layer.get_offsets()[1:]
+        layer = _new_layer(image, _layer_name(job, facts, result), result)
+        offset_x, offset_y = job.content_layer.get_offsets()[1:]
         layer.set_offsets(offset_x, offset_y)
         # Above the active layer: the photo, or the result this run continued from.
         image.insert_layer(layer, active.get_parent(), image.get_item_position(active))
         inserted = True
-        # Persistent: survives saving as XCF, so "continue" works after reopening the file.
+        # Persistent: survives saving as XCF, so "continue" and history work after reopening.
         layer.attach_parasite(
             Gimp.Parasite.new(
                 nst_client.RESULT_PARASITE,
                 Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE,
-                record_bytes,
+                record,
             )
         )
         if not Gimp.Selection.is_empty(image):
@@ -387,13 +415,87 @@ def neural_style(procedure, run_mode, image, drawables, config, data):
             image.remove_layer(layer)
         elif layer is not None:
             layer.delete()
-        return _fail(procedure, f"Could not add the result layer: {exc}")
+        raise nst_client.NstError(f"Could not add the result layer: {exc}") from None
     finally:
         image.undo_group_end()
         Gimp.context_pop()
-        Gimp.progress_end()
     Gimp.displays_flush()
+
+
+def _report(fraction, text):
+    Gimp.progress_set_text(text)
+    if fraction is None:
+        Gimp.progress_pulse()
+    else:
+        Gimp.progress_update(fraction)
+
+
+def _fail(procedure, message, status=Gimp.PDBStatusType.EXECUTION_ERROR):
+    return procedure.new_return_values(status, GLib.Error(message))
+
+
+def neural_style(procedure, run_mode, image, drawables, config, data):
+    try:
+        photo = _target_layer(image, drawables)
+        installed = nst_client.load_config()
+        content_layer, init_layer = _continue_source(image, photo)
+        if run_mode == Gimp.RunMode.INTERACTIVE and not _ask(
+            procedure, config, image, photo, content_layer, installed
+        ):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        settings = _settings(config)
+        paintings = _paintings(config, photo, content_layer)
+        client = nst_client.make_client(
+            config.get_property("server-url"), config.get_property("server-token"), installed
+        )
+        Gimp.progress_init("Neural style")
+        try:
+            _start_server(client, installed, _report)
+            job = _prepare_job(client, image, content_layer, init_layer, paintings, settings)
+            outcome = _stylise(client, job, _report)
+            result = _decode(outcome, job)
+            _insert_result(image, photo, job, outcome, result)
+        finally:
+            Gimp.progress_end()
+    except Refusal as exc:
+        return _fail(procedure, str(exc), Gimp.PDBStatusType.CALLING_ERROR)
+    except nst_client.NstError as exc:
+        return _fail(procedure, str(exc))
+    except GLib.Error as exc:  # a GIMP call failed (reading pixels, loading the style file)
+        return _fail(procedure, f"Neural Style: GIMP could not prepare the images: {exc.message}")
+    except Exception as exc:  # anything else still reaches the user as a message, not a trace
+        return _fail(procedure, f"Neural Style failed unexpectedly: {exc!r}")
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+# --------------------------------------------------------------------------------------------
+# The procedure, its arguments from the options table
+
+
+def _add_argument(procedure, option):
+    flags = GObject.ParamFlags.READWRITE
+    common = (option.name, option.label, option.help)
+    if option.kind == options.LAYER:
+        procedure.add_drawable_argument(*common, True, flags)
+    elif option.kind == options.FILE:
+        procedure.add_file_argument(*common, Gimp.FileChooserAction.OPEN, True, None, flags)
+    elif option.kind == options.DOUBLE:
+        procedure.add_double_argument(
+            *common, option.minimum, option.maximum, option.default, flags
+        )
+    elif option.kind == options.INT:
+        procedure.add_int_argument(*common, option.minimum, option.maximum, option.default, flags)
+    elif option.kind == options.BOOL:
+        procedure.add_boolean_argument(*common, option.default, flags)
+    elif option.kind == options.CHOICE:
+        choice = Gimp.Choice.new()
+        for index, entry in enumerate(option.choices):
+            choice.add(entry.nick, index, entry.label, entry.help)
+        procedure.add_choice_argument(*common, choice, option.default, flags)
+    elif option.kind == options.STRING:
+        procedure.add_string_argument(*common, option.default, flags)
+    else:
+        raise ValueError(f"unknown option kind {option.kind!r} of {option.name}")
 
 
 class NeuralStyle(Gimp.PlugIn):
@@ -414,119 +516,17 @@ class NeuralStyle(Gimp.PlugIn):
             "server (VGG19, Gatys et al.) and adds the result as a new layer above the active "
             "one; a selection limits the style to it (sent as the job's mask, and the layer's "
             "mask). Run on a result layer, it continues from that result (the original photo "
-            "stays the content). Strength: 50 is the server's "
-            "balance; every 25 points up or down multiply or divide the style weight by 10. "
-            "Iterations and max size 0 follow the quality preset, which scales the server's "
-            "defaults for its device (Draft: half size, a third of the steps; Final: double).",
+            "stays the content). Strength: 0 keeps the photo, 50 is balanced, 100 is mostly "
+            "painting. Iterations and max size 0 follow the quality preset, which scales the "
+            "server's defaults for its device (Draft: half size, a third of the steps; Final: "
+            "double).",
             name,
         )
         procedure.set_menu_label("_Neural Style...")
         procedure.set_attribution("neural-style-gimp", "MIT", "2025")
         procedure.add_menu_path("<Image>/Filters/Artistic")
-
-        flags = GObject.ParamFlags.READWRITE
-        procedure.add_drawable_argument(
-            "style-layer", "St_yle layer", "Layer holding the painting", True, flags
-        )
-        procedure.add_file_argument(
-            "style-file",
-            "Style _file",
-            "Image file to use as the style instead of a layer",
-            Gimp.FileChooserAction.OPEN,
-            True,
-            None,
-            flags,
-        )
-        procedure.add_drawable_argument(
-            "style-layer-2",
-            "Seco_nd style layer",
-            "Another painting to blend in (used when its share is above 0)",
-            True,
-            flags,
-        )
-        procedure.add_double_argument(
-            "style-blend",
-            "Second style sh_are (%)",
-            "Share of the second style layer in the blend, 0-100 (0: one style only)",
-            0.0,
-            100.0,
-            0.0,
-            flags,
-        )
-        procedure.add_double_argument(
-            "strength",
-            "S_trength",
-            "Style vs content, 0-100 (50: server default; +-25 = style weight x/÷ 10)",
-            0.0,
-            100.0,
-            nst_client.STRENGTH_DEFAULT,
-            flags,
-        )
-        procedure.add_double_argument(
-            "style-scale",
-            "Style scal_e",
-            "Size of the painting's brushwork in the result: 2 = strokes twice as large",
-            0.1,
-            4.0,
-            1.0,
-            flags,
-        )
-        procedure.add_boolean_argument(
-            "preserve-colors",
-            "Kee_p the photo's colours",
-            "Transfer brushwork and light only, not the painting's palette",
-            False,
-            flags,
-        )
-        quality = Gimp.Choice.new()
-        quality.add("draft", 0, "Draft", "Half size, a third of the steps: a quick look")
-        quality.add("standard", 1, "Standard", "The server's defaults for its device")
-        quality.add("final", 2, "Final", "Double size and steps")
-        procedure.add_choice_argument(
-            "quality", "_Quality", "Sets processing size and steps", quality, "standard", flags
-        )
-        procedure.add_int_argument(
-            "iterations",
-            "_Iterations",
-            "Optimisation steps (0: from the quality setting)",
-            0,
-            5000,
-            0,
-            flags,
-        )
-        procedure.add_int_argument(
-            "max-size",
-            "_Max size",
-            "Processing size in pixels, longer side (0: from the quality setting)",
-            0,
-            8192,
-            0,
-            flags,
-        )
-        optimizer = Gimp.Choice.new()
-        optimizer.add("lbfgs", 0, "L-BFGS", "Converges in fewer steps")
-        optimizer.add("adam", 1, "Adam", "Uses less memory")
-        procedure.add_choice_argument(
-            "optimizer", "Optimi_zer", "Optimisation method", optimizer, "lbfgs", flags
-        )
-        procedure.add_int_argument(
-            "seed", "See_d", "Random seed (same seed, same picture)", 0, 2**31 - 1, 0, flags
-        )
-        procedure.add_string_argument(
-            "server-url",
-            "Server _URL",
-            "Neural style server (empty: the one the installer recorded, else "
-            f"{nst_client.DEFAULT_SERVER_URL})",
-            "",
-            flags,
-        )
-        procedure.add_string_argument(
-            "server-token",
-            "Server to_ken",
-            "Bearer token for a remote server (empty for the local one)",
-            "",
-            flags,
-        )
+        for option in options.OPTIONS:
+            _add_argument(procedure, option)
         return procedure
 
 

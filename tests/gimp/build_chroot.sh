@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
-# Build (or reuse) a Debian 13 "trixie" chroot holding GIMP 3.0 with Python plug-in support.
+# Build (or reuse) a Debian chroot holding GIMP 3 with Python plug-in support:
+#   trixie (Debian 13)        GIMP 3.0.x  gimp-console-3.0  default root /var/cache/nst-gimp3-root
+#   forky  (Debian testing)   GIMP 3.2.x  gimp-console-3.2  default root /var/cache/nst-gimp32-root
 #
-# Why a chroot: these machines run Debian 12, whose GIMP is 2.10 without Python; trixie ships
-# GIMP 3.0.4. Installing trixie packages into the host would break it, so GIMP runs in here.
+# Why a chroot: these machines run Debian 12, whose GIMP is 2.10 without Python. Installing
+# newer Debian packages into the host would break it, so GIMP runs in here.
 #
-# Usage: tests/gimp/build_chroot.sh [ROOT]      (default: $NST_GIMP_ROOT or /var/cache/nst-gimp3-root)
+# Usage: tests/gimp/build_chroot.sh [--release trixie|forky] [ROOT]
+#        (release default: $NST_GIMP_RELEASE or trixie; ROOT default: the release's root above,
+#        or $NST_GIMP_ROOT for trixie, $NST_GIMP32_ROOT for forky)
 #        NST_GIMP_XVFB=1 tests/gimp/build_chroot.sh   also installs Xvfb + xdotool + imagemagick
-#                                                    (only for the dialog screenshot)
+#                                                    (the dialog screenshot, the window's tests)
 # Idempotent: a finished debootstrap has etc/debian_version and no debootstrap/ dir, and a
 # finished package step leaves a stamp naming the package list, so a second run takes ~0 s.
 # Never bind-mounts /dev (a later `rm -rf ROOT` would delete the host's device nodes); /proc is
 # mounted only while apt runs and always unmounted on exit.
 set -euo pipefail
 
-ROOT="${1:-${NST_GIMP_ROOT:-/var/cache/nst-gimp3-root}}"
+RELEASE="${NST_GIMP_RELEASE:-trixie}"
+if [[ "${1:-}" == --release ]]; then
+    RELEASE="${2:?--release needs trixie or forky}"
+    shift 2
+fi
+case "$RELEASE" in
+    trixie) DEFAULT_ROOT="${NST_GIMP_ROOT:-/var/cache/nst-gimp3-root}" ;;
+    forky) DEFAULT_ROOT="${NST_GIMP32_ROOT:-/var/cache/nst-gimp32-root}" ;;
+    *) echo "build_chroot.sh: unknown release $RELEASE (trixie or forky)" >&2; exit 2 ;;
+esac
+ROOT="${1:-$DEFAULT_ROOT}"
 MIRROR="${NST_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PACKAGES=(gimp python3 python3-gi gir1.2-gimp-3.0 gir1.2-gegl-0.4 gir1.2-babl-0.1 ca-certificates)
 if [[ "${NST_GIMP_XVFB:-0}" == 1 ]]; then
@@ -22,7 +36,8 @@ fi
 STAMP="$ROOT/var/lib/nst-gimp-chroot.stamp"
 WANT="${PACKAGES[*]}"
 
-log() { printf '[build_chroot] %s\n' "$*"; }
+log() { printf '[build_chroot %s] %s\n' "$RELEASE" "$*"; }
+gimp_version() { chroot "$ROOT" dpkg-query -W -f='${Version}' gimp 2>/dev/null || echo '?'; }
 
 if [[ $EUID -ne 0 ]]; then
     echo "build_chroot.sh: must run as root (debootstrap and chroot need it)" >&2
@@ -52,7 +67,7 @@ have_all() {  # every wanted package was installed by an earlier run
 }
 
 if have_all; then
-    log "reusing $ROOT (GIMP $(chroot "$ROOT" dpkg-query -W -f='${Version}' gimp 2>/dev/null || echo '?'))"
+    log "reusing $ROOT (GIMP $(gimp_version))"
     exit 0
 fi
 
@@ -69,9 +84,18 @@ if [[ ! -f "$ROOT/etc/debian_version" || -d "$ROOT/debootstrap" ]]; then
         rm -rf --one-file-system "$ROOT"
     fi
     mkdir -p "$ROOT"
-    log "debootstrap trixie into $ROOT"
-    debootstrap --variant=minbase trixie "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 || {
-        tail -20 "$ROOT.debootstrap.log" >&2; exit 1; }
+    # Debian 12's debootstrap has no script for testing's name: sid's bootstraps it the same.
+    SCRIPT=()
+    if [[ ! -e "/usr/share/debootstrap/scripts/$RELEASE" ]]; then
+        SCRIPT=(/usr/share/debootstrap/scripts/sid)
+    fi
+    log "debootstrap $RELEASE into $ROOT"
+    debootstrap --variant=minbase "$RELEASE" "$ROOT" "$MIRROR" "${SCRIPT[@]}" \
+        >"$ROOT.debootstrap.log" 2>&1 || { tail -20 "$ROOT.debootstrap.log" >&2; exit 1; }
+fi
+if [[ "$RELEASE" != trixie ]]; then
+    # Testing's Release file may be past its Valid-Until date on the mirror.
+    echo 'Acquire::Check-Valid-Until "false";' >"$ROOT/etc/apt/apt.conf.d/99nst-no-valid-until"
 fi
 
 cleanup() { umount "$ROOT/proc" 2>/dev/null || true; }
@@ -89,4 +113,4 @@ mkdir -p "$(dirname "$STAMP")"
 { [[ -f "$STAMP" ]] && cat "$STAMP"; printf '%s\n' "$WANT"; } | tr ' ' '\n' | sort -u | tr '\n' ' ' \
     >"$STAMP.new"
 mv "$STAMP.new" "$STAMP"
-log "done in $((SECONDS - start)) s: GIMP $(chroot "$ROOT" dpkg-query -W -f='${Version}' gimp)"
+log "done in $((SECONDS - start)) s: GIMP $(gimp_version)"

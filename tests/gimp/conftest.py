@@ -1,4 +1,5 @@
-"""Fixtures for the end-to-end test in a real GIMP 3 (Debian 13 chroot) against the real server.
+"""Fixtures for the end-to-end tests in real GIMP 3.0 and 3.2 (Debian chroots) against the real
+server.
 
 Facts this relies on (../shared/notes/gimp3-headless.md): GIMP 3.0.4 runs headless as
 ``gimp-console-3.0 -i --batch-interpreter=python-fu-eval -b - --quit`` inside a trixie chroot
@@ -14,15 +15,15 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from gimp_harness import (
     ABANDON_AFTER_S,
-    GIMP_ROOT,
+    GIMP_RELEASES,
     HERE,
     REPO,
     SHARED_IMAGES,
+    GimpRelease,
     GimpSession,
     RealServer,
     nst_client,
@@ -32,16 +33,18 @@ from gimp_harness import (
 from tests.live_server import free_port, serve_command
 
 
-@pytest.fixture(scope="session")
-def gimp_root() -> Path:
-    """The Debian 13 chroot with GIMP 3, built by tests/gimp/build_chroot.sh or reused."""
+@pytest.fixture(scope="session", params=GIMP_RELEASES, ids=lambda r: f"gimp{r.version}")
+def gimp_release(request: pytest.FixtureRequest) -> GimpRelease:
+    """Each GIMP 3 the tests run in (3.0 from Debian 13, 3.2 from testing), its chroot built by
+    tests/gimp/build_chroot.sh or reused."""
+    release: GimpRelease = request.param
     if os.geteuid() != 0:
         unavailable("needs root (debootstrap and chroot)")
     if not (SHARED_IMAGES / "content" / "tubingen.jpg").is_file():
         unavailable(f"test images not found at {SHARED_IMAGES} (../shared is absent)")
     # A missing debootstrap is installed by build_chroot.sh (root only), so no skip for it.
     build = subprocess.run(
-        ["bash", str(HERE / "build_chroot.sh"), str(GIMP_ROOT)],
+        ["bash", str(HERE / "build_chroot.sh"), "--release", release.debian, str(release.root)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -49,16 +52,18 @@ def gimp_root() -> Path:
     )
     print(build.stdout, end="")
     if build.returncode != 0:
-        pytest.fail(f"building the GIMP 3 chroot failed:\n{build.stdout}\n{build.stderr}")
-    return GIMP_ROOT
+        pytest.fail(
+            f"building the GIMP {release.version} chroot failed:\n{build.stdout}\n{build.stderr}"
+        )
+    return release
 
 
 @pytest.fixture(scope="session")
-def gimp(gimp_root: Path) -> Iterator[GimpSession]:
+def gimp(gimp_release: GimpRelease) -> Iterator[GimpSession]:
     """A throwaway GIMP profile in the chroot with the plug-in installed by the installer's
     plug-in step, and the test images (scaled down by GIMP itself at test time)."""
     name = f"nst-e2e-{uuid.uuid4().hex[:8]}"
-    outside = gimp_root / "tmp" / name
+    outside = gimp_release.root / "tmp" / name
     (outside / "profile" / "plug-ins").mkdir(parents=True)
     shutil.copy(SHARED_IMAGES / "content" / "tubingen.jpg", outside / "content.jpg")
     shutil.copy(SHARED_IMAGES / "style" / "starry_night.jpg", outside / "style.jpg")
@@ -73,6 +78,9 @@ def gimp(gimp_root: Path) -> Iterator[GimpSession]:
             str(outside / "profile" / "plug-ins"),
             "--start-command",
             "/nonexistent/nst-server serve",
+            # The server's token, as the plug-in finds it (the tests write it there).
+            "--token-file",
+            f"/tmp/{name}/token",
         ],
         check=True,
         capture_output=True,
@@ -80,7 +88,7 @@ def gimp(gimp_root: Path) -> Iterator[GimpSession]:
     installed = outside / "profile" / "plug-ins" / "neural_style" / "neural_style.py"
     assert installed.is_file() and os.access(installed, os.X_OK)
     try:
-        yield GimpSession(gimp_root, f"/tmp/{name}", outside)
+        yield GimpSession(gimp_release, f"/tmp/{name}", outside)
     finally:
         shutil.rmtree(outside, ignore_errors=True)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Screenshot of the plug-in's real dialog: gimp-3.0 (GUI) under Xvfb in the GIMP 3 chroot.
+# Screenshot of the plug-in's real dialog: GIMP (GUI) under Xvfb in a GIMP 3 chroot.
 #
 #   tests/gimp/dialog_screenshot.sh [OUT.png]     (default /tmp/nst-gimp-e2e/dialog.png; root)
 #
@@ -10,11 +10,17 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$HERE/../.."
-ROOT="${NST_GIMP_ROOT:-/var/cache/nst-gimp3-root}"
+# NST_GIMP_RELEASE=forky: GIMP 3.2 (its chroot and binary) instead of 3.0.
+RELEASE="${NST_GIMP_RELEASE:-trixie}"
+if [[ "$RELEASE" == forky ]]; then
+    ROOT="${NST_GIMP32_ROOT:-/var/cache/nst-gimp32-root}" GIMP_BIN=gimp-3.2
+else
+    ROOT="${NST_GIMP_ROOT:-/var/cache/nst-gimp3-root}" GIMP_BIN=gimp-3.0
+fi
 OUT="${1:-/tmp/nst-gimp-e2e/dialog.png}"
 SHARED="${NST_SHARED_IMAGES:-$REPO/../shared/images}"
 
-NST_GIMP_XVFB=1 bash "$HERE/build_chroot.sh" "$ROOT"
+NST_GIMP_XVFB=1 bash "$HERE/build_chroot.sh" --release "$RELEASE" "$ROOT"
 WORK="/tmp/nst-dialog-$$"
 mkdir -p "$ROOT$WORK/profile/plug-ins" "$(dirname "$OUT")"
 cp "$SHARED/content/tubingen.jpg" "$ROOT$WORK/content.jpg"
@@ -32,16 +38,24 @@ chroot "$ROOT" /usr/bin/env -i "${ENVV[@]}" Xvfb :77 -screen 0 1400x1000x24 -nol
     >/dev/null 2>&1 &
 XVFB=$!
 GIMP=""
+PROC_MOUNTED=0
 cleanup() {
     if [[ -n "$GIMP" ]]; then kill "$GIMP" 2>/dev/null || true; fi
     sleep 1
     kill "$XVFB" 2>/dev/null || true
     wait 2>/dev/null || true
+    if [[ $PROC_MOUNTED == 1 ]]; then umount "$ROOT/proc" 2>/dev/null || true; fi
     rm -rf "${ROOT:?}$WORK" "$ROOT/tmp/.X77-lock" "$ROOT/tmp/.X11-unix/X77"
 }
 trap cleanup EXIT
+# GIMP 3.2's GTK loads icons through glycin, whose bwrap sandbox needs /proc: mounted for the
+# GUI session only, unmounted on exit (batch mode needs no mounts).
+if ! mountpoint -q "$ROOT/proc"; then
+    mount -t proc proc "$ROOT/proc"
+    PROC_MOUNTED=1
+fi
 sleep 2
-chroot "$ROOT" /usr/bin/env -i "${ENVV[@]}" gimp-3.0 --no-splash \
+chroot "$ROOT" /usr/bin/env -i "${ENVV[@]}" "$GIMP_BIN" --no-splash \
     --batch-interpreter=python-fu-eval -b - <"$HERE/e2e_batch.py" >"$ROOT$WORK/gimp.out" 2>&1 &
 GIMP=$!
 for _ in $(seq 120); do

@@ -12,7 +12,8 @@
 #   NST_E2E_URL        the real server's URL (the host's 127.0.0.1 is shared with the chroot)
 #   NST_E2E_DEAD_URL   a URL where nothing listens (the "server unreachable" scenario)
 #   NST_E2E_SCENARIOS  comma-separated: basic, selection, unreachable, long, deep, style-file,
-#                      grey, float, preserve, two-styles, continue, dialog (GUI only), showcase
+#                      grey, float, preserve, two-styles, continue, registered, badtoken,
+#                      dialog (GUI only), showcase
 #                      (docs/gimp-result.png, by hand only: NST_E2E_SIZE=427, server defaults,
 #                      about 6 minutes on a 2-core CPU; writes showcase.png into NST_E2E_DIR)
 #   NST_E2E_SIZE       long side of the test image in pixels (default 112)
@@ -218,6 +219,7 @@ def scenario_basic():
             result_to_painting_colour=distance(mean_rgb(result_px), painting),
             record=record_of(layer),
             photo_id=photo.get_id(),
+            style_id=style.get_id(),
             result_to_scream_colour=distance(
                 mean_rgb(result_px), second_painting_colour(photo.get_width(), photo.get_height())
             ),
@@ -341,6 +343,24 @@ def scenario_style_file():
     if layer is not None:
         doc.update(diff_to_photo=mean_abs_diff(pixels(layer), pixels(photo)))
     emit("style-file", doc)
+    image.delete()
+
+
+def scenario_badtoken():
+    """A token the server does not know (an old install, a reset token): a message saying what
+    to run, and no new layer."""
+    image, photo, style = build_image()
+    before = image.get_layers()
+    status, message = call_plugin(image, photo, style, URL, server_token="not-the-token" * 3)
+    emit(
+        "badtoken",
+        {
+            "status": status,
+            "message": message,
+            "layers_before": len(before),
+            "layers_after": len(image.get_layers()),
+        },
+    )
     image.delete()
 
 
@@ -476,7 +496,15 @@ def scenario_dialog():
     emit("dialog", {"status": proc.run(config).index(0).value_nick})
 
 
+def scenario_registered():
+    """Whether GIMP found the plug-in in its profile (the installer's layout)."""
+    found = Gimp.get_pdb().lookup_procedure("python-fu-neural-style") is not None
+    emit("registered", {"registered": found})
+
+
 SCENARIOS = {
+    "registered": scenario_registered,
+    "badtoken": scenario_badtoken,
     "basic": scenario_basic,
     "selection": scenario_selection,
     "unreachable": scenario_unreachable,
@@ -491,6 +519,7 @@ SCENARIOS = {
     "showcase": scenario_showcase,
     "dialog": scenario_dialog,
 }
+emit("gimp", {"version": Gimp.version(), "directory": Gimp.directory()})
 for name in os.environ.get("NST_E2E_SCENARIOS", "basic").split(","):
     SCENARIOS[name.strip()]()
 emit("end", {})

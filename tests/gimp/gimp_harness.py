@@ -23,7 +23,32 @@ sys.path.insert(0, str(REPO / "gimp_plugin" / "neural_style"))
 import nst_client  # noqa: E402
 
 SHARED_IMAGES = Path(os.environ.get("NST_SHARED_IMAGES", REPO.parent / "shared" / "images"))
-GIMP_ROOT = Path(os.environ.get("NST_GIMP_ROOT", "/var/cache/nst-gimp3-root"))
+
+
+@dataclass(frozen=True)
+class GimpRelease:
+    """One GIMP 3 the end-to-end tests run in: a Debian release's chroot and its binary."""
+
+    version: str  # "3.0", "3.2": what the tests expect Gimp.version() to start with
+    debian: str  # the release tests/gimp/build_chroot.sh --release builds
+    root: Path
+    console: str  # the batch binary inside the chroot
+
+
+GIMP_RELEASES = (
+    GimpRelease(
+        "3.0",
+        "trixie",
+        Path(os.environ.get("NST_GIMP_ROOT", "/var/cache/nst-gimp3-root")),
+        "gimp-console-3.0",
+    ),
+    GimpRelease(
+        "3.2",
+        "forky",
+        Path(os.environ.get("NST_GIMP32_ROOT", "/var/cache/nst-gimp32-root")),
+        "gimp-console-3.2",
+    ),
+)
 #: Where the lead (and a person) can look at what GIMP made; outside the repository.
 EXPORT_DIR = Path(os.environ.get("NST_GIMP_EXPORT_DIR", "/tmp/nst-gimp-e2e"))
 #: The server's abandonment time in this test: short, so the "killed plug-in" case is quick.
@@ -42,12 +67,16 @@ def unavailable(reason: str) -> None:
 
 @dataclass
 class GimpSession:
-    root: Path
+    release: GimpRelease
     inside: str  # the session folder as the chroot sees it, e.g. /tmp/nst-e2e-1234
     outside: Path  # the same folder on the host
 
+    @property
+    def root(self) -> Path:
+        return self.release.root
+
     def run(
-        self, scenarios: str, env: dict[str, str], timeout: float = 240
+        self, scenarios: str, env: dict[str, str | None], timeout: float = 240
     ) -> tuple[int, dict[str, dict]]:
         """Run tests/gimp/e2e_batch.py in gimp-console; return (exit code, markers by name)."""
         proc = self.start(scenarios, env)
@@ -59,7 +88,8 @@ class GimpSession:
             pytest.fail(f"GIMP did not finish within {timeout} s:\n{out}\n{err[-3000:]}")
         return proc.returncode, self.markers(out, err)
 
-    def start(self, scenarios: str, env: dict[str, str]) -> subprocess.Popen:
+    def start(self, scenarios: str, env: dict[str, str | None]) -> subprocess.Popen:
+        """GIMP running the scenarios; ``env`` adds variables, or removes them with None."""
         variables = {
             "HOME": "/root",
             "PATH": "/usr/bin:/bin",
@@ -74,8 +104,8 @@ class GimpSession:
             str(self.root),
             "/usr/bin/env",
             "-i",
-            *(f"{k}={v}" for k, v in variables.items()),
-            "gimp-console-3.0",
+            *(f"{k}={v}" for k, v in variables.items() if v is not None),
+            self.release.console,
             "-i",
             "--batch-interpreter=python-fu-eval",
             "-b",

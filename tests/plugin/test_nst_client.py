@@ -1,4 +1,4 @@
-"""Unit tests of the plug-in's GIMP-free layer (gimp_plugin/neural_style/nst_client.py).
+"""Unit tests of the plug-in's GIMP-free package (gimp_plugin/neural_style/nst_client/).
 
 Run on the host with plain Python: nst_client must import without ``gi``. The HTTP tests talk to
 a small stdlib stand-in of the server (fake_server.py), one layer only; the real server is in
@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE))
 import fake_server  # noqa: E402
 import nst_client  # noqa: E402
 from nst_client import RawImage  # noqa: E402
+from nst_client import png as png_codec  # noqa: E402
 
 
 def free_port() -> int:
@@ -121,7 +122,7 @@ def _filter_row(kind: int, line: bytes, prev: bytes, bpp: int) -> bytes:
 @pytest.mark.parametrize("bit_depth", [8, 16])
 def test_decoder_every_filter_type(kind: int, bit_depth: int) -> None:
     image = gradient(11, 6, 4, bit_depth)
-    big_endian = nst_client._swap16(image.pixels) if bit_depth == 16 else image.pixels
+    big_endian = png_codec._swap16(image.pixels) if bit_depth == 16 else image.pixels
     stride, bpp = image.row_bytes(), 4 * bit_depth // 8
     raw, prev = bytearray(), bytes(stride)
     for y in range(image.height):
@@ -221,9 +222,9 @@ def _png_with_idat(width: int, height: int, idat: bytes) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
         nst_client.PNG_SIGNATURE
-        + nst_client._chunk(b"IHDR", header)
-        + nst_client._chunk(b"IDAT", idat)
-        + nst_client._chunk(b"IEND", b"")
+        + png_codec._chunk(b"IHDR", header)
+        + png_codec._chunk(b"IDAT", idat)
+        + png_codec._chunk(b"IEND", b"")
     )
 
 
@@ -271,9 +272,9 @@ def test_strength_mapping() -> None:
 
 def test_quality_presets_scale_the_server_defaults() -> None:
     schema = fake_server.PARAMS_SCHEMA  # CPU defaults: 150 steps at 256 px
-    draft = nst_client.build_job_params(schema, quality="draft")
-    standard = nst_client.build_job_params(schema, quality="standard")
-    final = nst_client.build_job_params(schema, quality="final")
+    draft = nst_client.build_job_params(schema, {"quality": "draft"})
+    standard = nst_client.build_job_params(schema, {"quality": "standard"})
+    final = nst_client.build_job_params(schema, {"quality": "final"})
     assert (draft["max_size"], draft["iterations"]) == (128, 50)
     assert (standard["max_size"], standard["iterations"]) == (256, 150)
     assert (final["max_size"], final["iterations"]) == (512, 300)
@@ -281,38 +282,39 @@ def test_quality_presets_scale_the_server_defaults() -> None:
 
 
 def test_explicit_values_override_presets_and_strength_sets_style_weight() -> None:
-    params = nst_client.build_job_params(
-        fake_server.PARAMS_SCHEMA,
-        quality="draft",
-        iterations=10,
-        max_size=96,
-        optimizer="adam",
-        seed=7,
-        strength=75,
-    )
+    settings = {
+        "quality": "draft",
+        "iterations": 10,
+        "max-size": 96,
+        "optimizer": "adam",
+        "seed": 7,
+        "strength": 75.0,
+    }
+    params = nst_client.build_job_params(fake_server.PARAMS_SCHEMA, settings)
     assert params == {
         "iterations": 10,
         "max_size": 96,
         "optimizer": "adam",
         "seed": 7,
-        "style_weight": pytest.approx(200.0),
+        "style_weight": pytest.approx(200.0),  # the fake server predates `strength`
     }
 
 
 def test_new_params_are_sent_only_when_not_the_servers_default() -> None:
     schema = fake_server.PARAMS_SCHEMA
-    plain = nst_client.build_job_params(schema, preserve_colors=False, style_scale=1.0)
-    assert not {"preserve_colors", "style_scale", "style_blend"} & set(plain)
+    plain = nst_client.build_job_params(schema, {"preserve-colors": False, "style-scale": 1.0})
+    assert not {"preserve_colors", "style_scale", "style_blend", "optimizer"} & set(plain)
     params = nst_client.build_job_params(
-        schema, preserve_colors=True, style_scale=2.0, style_blend=[70.0, 30.0]
+        schema, {"preserve-colors": True, "style-scale": 2.0, "style-blend": 30.0}, styles=2
     )
     assert params["preserve_colors"] is True
     assert params["style_scale"] == 2.0
     assert params["style_blend"] == [70.0, 30.0]
     # One style needs no blend: not sent, so any server takes it.
-    assert "style_blend" not in nst_client.build_job_params(schema, style_blend=[1.0])
+    one = nst_client.build_job_params(schema, {"style-blend": 30.0}, styles=1)
+    assert "style_blend" not in one
     # Clamped to the server's range.
-    assert nst_client.build_job_params(schema, style_scale=9.0)["style_scale"] == 4.0
+    assert nst_client.build_job_params(schema, {"style-scale": 9.0})["style_scale"] == 4.0
 
 
 def test_new_params_on_an_older_server_say_what_to_do() -> None:
@@ -324,34 +326,41 @@ def test_new_params_on_an_older_server_say_what_to_do() -> None:
         }
     }
     assert "preserve_colors" not in nst_client.build_job_params(old)  # defaults still work
-    for kwargs in ({"preserve_colors": True}, {"style_scale": 2.0}, {"style_blend": [1, 1]}):
-        with pytest.raises(nst_client.NstError, match="does not support.*update it"):
-            nst_client.build_job_params(old, **kwargs)
+    for settings, styles in (
+        ({"preserve-colors": True}, 1),
+        ({"style-scale": 2.0}, 1),
+        ({"style-blend": 50.0}, 2),
+        ({"style-loss": "sliced"}, 1),
+        ({"upscale": "detail"}, 1),
+    ):
+        with pytest.raises(nst_client.ServerTooOld, match="does not support.*update it"):
+            nst_client.build_job_params(old, settings, styles=styles)
 
 
 def test_blend_for_share() -> None:
     assert nst_client.blend_for_share(30) == [70.0, 30.0]
     with pytest.raises(nst_client.NstError, match="between 0 and 100"):
         nst_client.blend_for_share(120)
-    with pytest.raises(nst_client.NstError, match="not all 0"):
-        nst_client.build_job_params(fake_server.PARAMS_SCHEMA, style_blend=[0.0, 0.0])
 
 
-def test_result_record_round_trip_and_garbage() -> None:
-    data = nst_client.encode_result_record(42, "Photo", "Starry Night", {"iterations": 5})
-    # GIMP's Parasite.get_data() gives a list of ints; both forms decode.
-    for form in (data, list(data)):
-        record = nst_client.decode_result_record(form)
-        assert record is not None
-        assert (record["source_id"], record["source_name"]) == (42, "Photo")
-        assert record["params"] == {"iterations": 5}
-    for bad in (None, b"", b"{broken", b"[1, 2]", b'{"version": 2, "source_id": 1}', b"\xff"):
-        assert nst_client.decode_result_record(bad) is None
+@pytest.mark.parametrize(
+    ("share", "use_file", "has_second", "expected"),
+    [
+        (0.0, False, True, ["style-layer"]),  # share 0: one style only
+        (0.0, True, False, ["style-file"]),
+        (40.0, False, True, ["style-layer", "style-layer-2"]),
+        (40.0, True, True, ["style-file", "style-layer-2"]),
+        (100.0, False, True, ["style-layer-2"]),  # the first would weigh nothing
+        (100.0, False, False, ["style-layer"]),  # no second layer: the first, whatever share
+    ],
+)
+def test_styles_to_send(share, use_file, has_second, expected) -> None:
+    assert nst_client.styles_to_send(share, use_file, has_second) == expected
 
 
 def test_unknown_quality_is_an_error() -> None:
     with pytest.raises(nst_client.NstError, match="quality"):
-        nst_client.build_job_params(fake_server.PARAMS_SCHEMA, quality="ultra")
+        nst_client.build_job_params(fake_server.PARAMS_SCHEMA, {"quality": "ultra"})
 
 
 # ------------------------------------------------------------------ HTTP pieces
@@ -616,8 +625,8 @@ def test_bearer_token_is_sent(fake) -> None:
     url, state = fake
     state.token = "s3cret"
     with pytest.raises(nst_client.ServerError, match="401"):
-        nst_client.NstClient(url).health()
-    assert nst_client.NstClient(url, token="s3cret").health()["status"] == "ok"
+        nst_client.NstClient(url).params()
+    assert nst_client.NstClient(url, token="s3cret").health()["backbone"] == "none"
 
 
 def test_unreachable_server_message() -> None:
@@ -637,13 +646,17 @@ def test_load_config(tmp_path: Path) -> None:
     path.write_text("{broken")
     with pytest.raises(nst_client.NstError, match="re-run install/install_plugin.sh"):
         nst_client.load_config(path)
+    # As Windows PowerShell 5 writes it (install.ps1): with a byte-order mark.
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"token_file": "C:/t"}).encode())
+    assert nst_client.load_config(path) == {"token_file": "C:/t"}
 
 
 def test_config_path_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NST_PLUGIN_CONFIG", str(tmp_path / "x.json"))
     assert nst_client.config_path() == tmp_path / "x.json"
     monkeypatch.delenv("NST_PLUGIN_CONFIG")
-    assert nst_client.config_path() == Path(nst_client.__file__).resolve().parent / "plugin.json"
+    plugin_folder = Path(nst_client.__file__).resolve().parents[1]  # beside neural_style.py
+    assert nst_client.config_path() == plugin_folder / "plugin.json"
 
 
 def test_ensure_server_starts_the_recorded_command() -> None:
@@ -722,7 +735,7 @@ def _alive(pid: int) -> bool:
 def test_module_imports_without_gi() -> None:
     code = (
         "import sys; sys.modules['gi'] = None; "
-        f"sys.path.insert(0, {str(Path(nst_client.__file__).parent)!r}); import nst_client"
+        f"sys.path.insert(0, {str(Path(nst_client.__file__).parents[1])!r}); import nst_client"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -735,6 +748,56 @@ def test_strength_is_sent_as_is_to_a_server_that_knows_it() -> None:
             "style_weight": {"type": "number", "default": None, "nullable": True},
         }
     }
-    assert nst_client.build_job_params(schema, strength=75)["strength"] == 75.0
-    standard = nst_client.build_job_params(schema, strength=50)
+    assert nst_client.build_job_params(schema, {"strength": 75.0})["strength"] == 75.0
+    standard = nst_client.build_job_params(schema, {"strength": 50.0})
     assert "strength" not in standard and "style_weight" not in standard
+
+
+# ------------------------------------------------------------------ keep (finish) and preview
+
+
+def _started_job(url: str) -> tuple[nst_client.NstClient, str]:
+    client = nst_client.NstClient(url)
+    photo = nst_client.encode_png(gradient(40, 30, 3, 8))
+    job_id = client.submit(photo, [photo], {"max_size": 32})
+    client.status(job_id)  # one step: now running, with a preview
+    return client, job_id
+
+
+def test_finish_keeps_the_picture_so_far(fake) -> None:
+    url, state = fake
+    state.steps = 100
+    client, job_id = _started_job(url)
+    client.finish(job_id)
+    snapshot = client.status(job_id)
+    assert snapshot["state"] == "done" and snapshot["progress"]["finished_early"] is True
+    assert snapshot["progress"]["step"] < 100
+    assert state.finished == [job_id]
+
+
+def test_finish_on_a_server_too_old_for_it_says_to_update(fake) -> None:
+    url, state = fake
+    state.has_finish = False
+    client, job_id = _started_job(url)
+    with pytest.raises(nst_client.ServerTooOld) as info:
+        client.finish(job_id)
+    text = str(info.value)
+    assert "too old" in text and "install/install.sh" in text and "Cancel still works" in text
+
+
+def test_finish_of_an_unknown_job_is_not_mistaken_for_an_old_server(fake) -> None:
+    url, _state = fake
+    with pytest.raises(nst_client.ServerError) as info:
+        nst_client.NstClient(url).finish("nope")
+    assert not isinstance(info.value, nst_client.ServerTooOld)
+    assert info.value.status == 404
+
+
+def test_preview_asks_for_a_size(fake) -> None:
+    url, state = fake
+    client, job_id = _started_job(url)
+    preview = nst_client.decode_png(client.preview(job_id, size=16))
+    assert (preview.width, preview.height) == (16, 12)
+    assert ("GET", f"/v1/jobs/{job_id}/preview?size=16") in state.requests
+    # Larger than the processing size (32 px here): the server gives its processing size.
+    assert nst_client.decode_png(client.preview(job_id, size=500)).width == 32

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "gimp_plugin" / "neural_style"))
 
 import nst_client  # noqa: E402
-from nst_client import RawImage  # noqa: E402
+from nst_client import RawImage, options  # noqa: E402
 
 from tests.live_server import free_port, serve_command  # noqa: E402
 
@@ -72,7 +72,9 @@ def test_job_through_the_started_real_server(started_server: nst_client.NstClien
     client = started_server
     schema = client.params()
     assert {"iterations", "max_size", "style_weight"} <= set(schema["params"])
-    params = nst_client.build_job_params(schema, quality="draft", iterations=6, max_size=64)
+    params = nst_client.build_job_params(
+        schema, {"quality": "draft", "iterations": 6, "max-size": 64}
+    )
     content = _photo(80, 60)
     events: list[str] = []
     png = nst_client.run_job(
@@ -147,3 +149,22 @@ def test_polls_are_long_polls_that_hear_each_step(started_server: nst_client.Nst
     assert max(sleeps, default=0.0) == 0.0, sleeps  # never the 5 s plain-poll sleep
     seen = {text for text in steps if text.startswith("Neural style: step ")}
     assert len(seen) >= 4, steps  # 30 steps (2-3 s): a plain 5 s poll would see one
+
+
+def test_the_options_table_fits_what_the_server_says(started_server: nst_client.NstClient):
+    """Every option that sets a server parameter: its range, choices and default fit the real
+    server's ``GET /v1/params`` (the PDB arguments are declared without a server to ask)."""
+    described = started_server.params()["params"]
+    for option in options.OPTIONS:
+        if option.field is None:
+            continue
+        server = described[option.field]
+        if option.kind in (options.INT, options.DOUBLE):
+            # The plug-in's "auto" value (0: from the quality) is never sent as it is.
+            low = option.minimum if option.auto is None else option.minimum + 1
+            assert server["minimum"] <= low, option.name
+            assert option.maximum <= server["maximum"], option.name
+        if option.kind == options.CHOICE:
+            assert set(option.choice_nicks()) <= set(server["choices"]), option.name
+        if option.auto is None and server["type"] != "array":
+            assert option.default == server["default"], option.name
