@@ -11,7 +11,8 @@ idle is the job's extra memory, inputs included. Each case is printed as one JSO
     .venv/bin/python bench/measure_memory.py --out bench/memory-results.json
 
 A case is ``HxW[,key=value...]``: the content's size, then StyleParams fields (numbers, booleans
-and strings as given), plus ``style=HxW`` (the painting's size, default 512x512) and ``mask=1``.
+and strings as given), plus ``style=HxW`` (the painting's size, default 512x512), ``mask=1``
+and ``detail_steps=N`` (steps per detail tile: memory does not depend on it, time does).
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ CALIBRATION = (
     "768x1024,max_size=1024",
     "768x1024,max_size=1024,mask=1",
     "768x1024,max_size=384",
+    "512x512,coarse_to_fine=false,style_loss=wasserstein",
+    "512x512,coarse_to_fine=false,style_loss=sliced",
+    "1024x1024,coarse_to_fine=false,style_loss=sliced",
+    "768x1024,max_size=384,upscale=detail",
+    "3000x4000,max_size=384,upscale=detail,iterations=2,detail_steps=1",
+    "512x512,coarse_to_fine=false,precision=float32,iterations=40",
 )
 
 
@@ -57,7 +64,11 @@ def _parse_case(text: str) -> tuple[tuple[int, int], tuple[int, int], bool, dict
     overrides: dict = {"iterations": 3, "max_size": 0}
     for pair in pairs:
         key, value = pair.split("=", 1)
-        if key == "style":
+        if key == "detail_steps":
+            from nst_server.engine import planning
+
+            planning.DETAIL_STEPS = int(value)
+        elif key == "style":
             style = tuple(int(v) for v in value.split("x"))  # type: ignore[assignment]
         elif key == "mask":
             mask = value not in ("0", "false")

@@ -9,7 +9,7 @@ from nst_server.engine.progress import PHASES, Cancelled, FinishEarly, Progress,
 
 #: Version of the engine's look: bumped whenever new defaults or methods change the picture the
 #: same settings give. Result records carry it (README's changelog says what changed).
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2
 
 __all__ = [
     "ENGINE_VERSION",

@@ -374,8 +374,15 @@ class StyleEngine:
         )
         features = self._feature_fn(plan, model)
 
-        def targets(photo: tf.Tensor, sizes: Sequence[tuple[int, int]], mask_here) -> Targets:
-            feats = features(photo)
+        def targets(
+            photo: tf.Tensor,
+            sizes: Sequence[tuple[int, int]],
+            mask_here: tf.Tensor | None,
+            structure: tf.Tensor | None = None,
+        ) -> Targets:
+            """The targets at ``photo``'s size; the content features are ``structure``'s when
+            given (the detail pass keeps the picture's own structure, not the photo's)."""
+            feats = features(photo if structure is None else structure)
             return Targets(
                 content=tuple(feats[i] for i in plan.content),
                 style=self._style_targets(plan, model, styles, sizes, blend, params.seed, digest),
@@ -427,8 +434,9 @@ class StyleEngine:
         progress: _Reporter,
     ) -> np.ndarray:
         """The detail pass: the result enlarged plainly, then each tile refined at the result's
-        size against the photo's features there and the painting at its finest (see
-        ``planning.DetailPass``); each tile fades in over the overlap with the tiles before it
+        size: its content target is the enlarged picture itself (its structure stays; the photo
+        would pull it back towards the photo), its style the painting at its finest (see
+        ``planning.DetailPass``). Each tile fades in over the overlap with the tiles before it
         (raster order), so no seam shows. A finish requested mid-pass keeps the tiles done."""
         assert job.detail is not None
         height, width = job.result_hw
@@ -439,8 +447,9 @@ class StyleEngine:
             region = np.s_[top : top + th, left : left + tw]
             photo = tf.constant(content[region][np.newaxis, ..., :3])
             mask_here = None if mask is None else tf.constant(mask[region][np.newaxis])
-            these = targets(photo, job.detail.style_sizes, mask_here)
-            optimiser.start(tf.constant(out[region][np.newaxis]), these)
+            enlarged = tf.constant(out[region][np.newaxis])
+            these = targets(photo, job.detail.style_sizes, mask_here, structure=enlarged)
+            optimiser.start(enlarged, these)
             ramp = _fade_in(th, tw, top > 0, left > 0)
 
             def blend(region: tuple = region, ramp: np.ndarray = ramp) -> None:
@@ -713,11 +722,13 @@ def _soft_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _fade_in(height: int, width: int, top: bool, left: bool) -> np.ndarray:
-    """H x W x 1 blend weights of a detail tile: rising from 0 to 1 over the overlap along the
-    sides it shares with tiles refined before it (top, left), 1 elsewhere."""
+    """H x W x 1 blend weights of a detail tile along the sides it shares with tiles refined
+    before it (top, left): 0 over the first quarter of the overlap (where the convolutions saw
+    the tile's edge), rising to 1 over its middle half; 1 elsewhere."""
     from nst_server.engine.planning import DETAIL_OVERLAP
 
-    ramp = np.clip((np.arange(max(height, width)) + 0.5) / DETAIL_OVERLAP, 0.0, 1.0)
+    margin, rise = DETAIL_OVERLAP / 4, DETAIL_OVERLAP / 2
+    ramp = np.clip((np.arange(max(height, width)) + 0.5 - margin) / rise, 0.0, 1.0)
     rows = ramp[:height] if top else np.ones(height)
     cols = ramp[:width] if left else np.ones(width)
     return (rows[:, None] * cols[None, :])[..., None].astype(np.float32)

@@ -38,8 +38,9 @@ SMALLEST_SCALE = 256
 STEP_DECAY = 0.6
 #: The detail pass (upscale "detail"): square tiles of at most this many px a side ...
 DETAIL_TILE = 512
-#: ... overlapping by this many px (blended across the overlap, so no seam shows) ...
-DETAIL_OVERLAP = 64
+#: ... overlapping by this many px: a tile's border (a quarter of it each side) is left out,
+#: convolutions see padding there, and the middle half is blended, so no seam shows ...
+DETAIL_OVERLAP = 128
 #: ... each refined by this many steps from the plainly enlarged result.
 DETAIL_STEPS = 10
 

@@ -39,7 +39,7 @@ class Progress:
     result_size: tuple[int, int] | None = None  # (width, height) of the result: the photo's
     scale: int = 1  # which scale of a coarse-to-fine run (1-based) ...
     scales: int = 1  # ... out of how many
-    note: str | None = None  # something the user should know, e.g. a size lowered to fit memory
+    note: str | None = None  # something the user should know about the job
     preview: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
