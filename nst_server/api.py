@@ -30,13 +30,16 @@ from nst_server.engine import ENGINE_VERSION, EngineError
 from nst_server.engine.planning import plan_job
 from nst_server.guard import RequestGuard
 from nst_server.images import ImageError, ImageTooLarge, inspect_image
-from nst_server.jobs import (
+from nst_server.jobmodel import (
+    FINISHED,
     PREVIEW_SIZE,
+    ArtistQueueFull,
+    BrokerUnavailable,
     ErrorCode,
-    Job,
     JobInputs,
     JobQueue,
     JobState,
+    JobView,
     NotRunning,
     QueueFull,
     Upload,
@@ -145,25 +148,11 @@ def create_app(
 
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(InternalServerError, _http_error)
+    app.register_error_handler(BrokerUnavailable, _broker_down)
     app.before_request(_guard)
     app.register_blueprint(bp)
 
-    if engine is None:
-        from nst_server.engine import StyleEngine  # imports TensorFlow: only when needed
-        from nst_server.weights import resolve_weights
-
-        engine = StyleEngine(resolve_weights(settings.weights))
-    queue = JobQueue(
-        engine,
-        capacity=settings.queue_size,
-        abandon_after_s=settings.abandon_after_s,
-        ttl_s=settings.job_ttl_s,
-        max_finished=settings.max_finished_jobs,
-        idle_unload_s=settings.idle_unload_s,
-        max_pixels=settings.max_pixels,
-        budget=MemoryBudget(settings.memory_budget_bytes()),
-        log_path=settings.log_file,
-    )
+    queue = _make_queue(settings, engine)
     guard = RequestGuard(
         authenticator, bound_host=settings.host, allowed_hosts=settings.allowed_hosts
     )
@@ -173,6 +162,35 @@ def create_app(
     if start_worker:
         queue.start()
     return app
+
+
+def _make_queue(settings: ServerSettings, engine: Any) -> JobQueue:
+    """A studio's queue on Redis with ``--broker``, else the in-process one on ``engine``."""
+    artist_cap = settings.artist_queue_cap if settings.tokens_file else None
+    budget = MemoryBudget(settings.memory_budget_bytes())
+    if settings.broker:
+        from nst_server.studio import RedisQueue
+
+        return RedisQueue(settings, budget=budget, artist_cap=artist_cap)
+    from nst_server.jobs import LocalQueue
+
+    if engine is None:
+        from nst_server.engine import StyleEngine  # imports TensorFlow: only when needed
+        from nst_server.weights import resolve_weights
+
+        engine = StyleEngine(resolve_weights(settings.weights))
+    return LocalQueue(
+        engine,
+        capacity=settings.queue_size,
+        abandon_after_s=settings.abandon_after_s,
+        ttl_s=settings.job_ttl_s,
+        max_finished=settings.max_finished_jobs,
+        idle_unload_s=settings.idle_unload_s,
+        max_pixels=settings.max_pixels,
+        budget=budget,
+        log_path=settings.log_file,
+        artist_cap=artist_cap,
+    )
 
 
 def get_queue(app: Flask | None = None) -> JobQueue:
@@ -211,6 +229,14 @@ def _http_error(exc: HTTPException) -> Response:
     response.content_type = "application/json"
     if isinstance(exc, ApiError):
         response.headers.update(exc.extra_headers)
+    return response
+
+
+def _broker_down(exc: BrokerUnavailable) -> Response:
+    log.warning("%s %s -> 503: %s", request.method, request.path, exc)
+    response = jsonify({"error": {"code": "queue_unavailable", "message": str(exc)}})
+    response.status_code = 503
+    response.headers["Retry-After"] = str(_state().settings.retry_after_s)
     return response
 
 
@@ -271,21 +297,17 @@ def health() -> Response:
     queue = get_queue()
     if _principal() is None:  # without the token: only whether it is up, and its version
         return jsonify({"status": queue.status, "version": __version__})
-    engine = queue.engine
     body = {
         "status": queue.status,
         "version": __version__,
         "backbone": "VGG19",
-        "weights": engine.weights_description,
-        "device": engine.device,
-        "precision": engine.precision,
         "engine_version": ENGINE_VERSION,
-        "loaded": engine.loaded,
+        **queue.health(),
         "queue": queue.stats(),
         "memory": queue.budget.stats(),
         "log": _state().settings.log_file,
     }
-    source = getattr(engine, "weights", None)
+    source = getattr(getattr(queue, "engine", None), "weights", None)
     warning = weights_warning(source) if isinstance(source, WeightsSource) else None
     if warning:
         body["weights_warning"] = warning
@@ -297,7 +319,7 @@ def health() -> Response:
 @bp.get("/params")
 def params() -> Response:
     settings = _state().settings
-    described = StyleParams.describe(get_queue().engine.device)
+    described = StyleParams.describe(get_queue().device)
     # Advertise this server's limits as the ranges, so clients never offer what we refuse.
     described["iterations"]["maximum"] = min(
         described["iterations"]["maximum"], settings.max_iterations
@@ -317,6 +339,14 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         202,
         {"Location": location},
     )
+
+
+@bp.get("/jobs")
+def list_jobs() -> Response:
+    """The caller's jobs, oldest first; an admin's list has everyone's, each with its owner."""
+    principal = _principal()
+    owner = None if principal.admin else principal.name
+    return jsonify({"jobs": get_queue().list_jobs(owner)})
 
 
 @bp.get("/jobs/<job_id>")
@@ -346,8 +376,9 @@ def get_job(job_id: str) -> Response:
 @bp.get("/jobs/<job_id>/result")
 def get_result(job_id: str) -> Response:
     job = _visible_job(job_id)
-    if job.state == JobState.DONE and job.result is not None:
-        return _png(job.result, job_id)
+    result = get_queue().result_png(job_id) if job.state == JobState.DONE else None
+    if result is not None:
+        return _png(result, job_id)
     _not_done(job)
 
 
@@ -412,7 +443,7 @@ def stylize() -> Response:
     try:
         job = _submit_from_form()
         disconnected = request.environ.get("waitress.client_disconnected")
-        while not job.done_event.wait(0.25):
+        while (view := state.queue.wait_done(job.id, 0.25)) and view.state not in FINISHED:
             state.queue.touch(job.id)  # a waiting request is a client that is still there
             if disconnected is not None and disconnected():
                 state.queue.cancel(job.id, "cancelled: the client disconnected")
@@ -421,15 +452,16 @@ def stylize() -> Response:
                 _fail(409, "cancelled", "the client disconnected", X_NST_Job_Id=job.id)
     finally:
         state.blocking.release()
-    if job.state == JobState.DONE and job.result is not None:
-        return _png(job.result, job.id)
-    _not_done(job)
+    result = state.queue.result_png(job.id) if view and view.state == JobState.DONE else None
+    if result is not None:
+        return _png(result, job.id)
+    _not_done(view or job)
 
 
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _visible_job(job_id: str) -> Job:
+def _visible_job(job_id: str) -> JobView:
     """The job if it exists and the caller may see it (its owner or an admin); else 404."""
     job = get_queue().get(job_id)
     principal = _principal()
@@ -469,7 +501,7 @@ def _unknown(job_id: str) -> NoReturn:
     )
 
 
-def _not_done(job: Job) -> NoReturn:
+def _not_done(job: JobView) -> NoReturn:
     """The answer for the result of a job that is not done: the failure table, or not ready."""
     if job.state in (JobState.FAILED, JobState.CANCELLED):
         status, code = FAILURE_STATUS[job.error_code or ErrorCode.INTERNAL]
@@ -504,7 +536,7 @@ def _iter_once(stream: io.BytesIO) -> list[bytes]:
     return [stream.getvalue()]
 
 
-def _submit_from_form() -> Job:
+def _submit_from_form() -> JobView:
     """Validate a multipart job request and queue it; every problem is a 4xx ApiError.
 
     The body is parsed only once its size is reserved in the memory budget; the uploads are
@@ -525,9 +557,9 @@ def _submit_from_form() -> Job:
         queue.budget.release(upload_key)  # unless the job took it over
 
 
-def _submit(settings: ServerSettings, queue: JobQueue, upload_key: object) -> Job:
+def _submit(settings: ServerSettings, queue: JobQueue, upload_key: object) -> JobView:
     files = request.files  # over the upload limit: werkzeug raises 413 here
-    params = _parse_params(queue.engine.device, settings)
+    params = _parse_params(queue.device, settings)
     if params.iterations > settings.max_iterations:
         _fail(
             400,
@@ -608,6 +640,8 @@ def _submit(settings: ServerSettings, queue: JobQueue, upload_key: object) -> Jo
             owner=_principal().name,
             replacing=upload_key,
         )
+    except ArtistQueueFull as exc:
+        _fail(429, "artist_queue_full", str(exc), Retry_After=str(settings.retry_after_s))
     except QueueFull as exc:
         _fail(429, "queue_full", str(exc), Retry_After=str(settings.retry_after_s))
     except BudgetExceeded as exc:

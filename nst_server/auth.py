@@ -91,31 +91,36 @@ def new_token() -> str:
 def read_token(path: Path) -> str:
     """The token in ``path``. A file others can read is made private (0600) with a warning; a
     file owned by another user is refused."""
+    return check_token(_read_private(path, "token file"), str(path))
+
+
+def _read_private(path: Path, what: str) -> str:
+    """The text of a secret file of ours, made private (0600) if others could read it."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise TokenError(f"the token file {path} does not exist; {FIX_HINT}") from None
+        raise TokenError(f"the {what} {path} does not exist; {FIX_HINT}") from None
     except OSError as exc:
-        raise TokenError(f"cannot read the token file {path}: {exc}") from None
+        raise TokenError(f"cannot read the {what} {path}: {exc}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise TokenError(f"the token file {path} is not a regular file")
+        raise TokenError(f"the {what} {path} is not a regular file")
     if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
         raise TokenError(
-            f"the token file {path} belongs to another user (uid {info.st_uid}); it must be "
+            f"the {what} {path} belongs to another user (uid {info.st_uid}); it must be "
             "your own: delete it and run `nst-server token --reset`"
         )
     if info.st_mode & 0o077:
         log.warning(
-            "the token file %s could be read by other users (mode %o): made private (0600)",
+            "the %s %s could be read by other users (mode %o): made private (0600)",
+            what,
             path,
             stat.S_IMODE(info.st_mode),
         )
         os.chmod(path, 0o600)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise TokenError(f"cannot read the token file {path}: {exc}") from None
-    return check_token(text, str(path))
+        raise TokenError(f"cannot read the {what} {path}: {exc}") from None
 
 
 def write_token(path: Path, token: str) -> None:
@@ -233,3 +238,70 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return info.st_mtime_ns, info.st_ino, info.st_size
+
+
+def parse_tokens_file(text: str, source: str) -> dict[str, Principal]:
+    """Token -> artist from a tokens file: one line ``NAME TOKEN [admin]`` each, ``#`` starts
+    a comment. TokenError names the line of a malformed entry, a short token or a repeat."""
+    artists: dict[str, Principal] = {}
+    names: set[str] = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        where = f"{source}, line {number}"
+        if len(words) not in (2, 3) or (len(words) == 3 and words[2] != "admin"):
+            raise TokenError(f"{where}: expected 'NAME TOKEN' or 'NAME TOKEN admin'")
+        name, token = words[0], check_token(words[1], where)
+        if name in names or token in artists:
+            raise TokenError(f"{where}: the name or the token is already used on another line")
+        names.add(name)
+        artists[token] = Principal(name, admin=len(words) == 3)
+    if not artists:
+        raise TokenError(f"{source} names no artist; add lines 'NAME TOKEN [admin]'")
+    return artists
+
+
+class ArtistTokens:
+    """Who a request comes from when a studio has a tokens file (``--tokens-file``): each
+    artist their own token, admins marked. Re-read when the file changes, like the token file;
+    a broken edit keeps the previous list."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._artists: dict[str, Principal] = {}
+        self._reload()
+
+    @property
+    def source(self) -> str:
+        return f"{self.path} ({len(self._artists)} artists)"
+
+    def identify(self, authorization: str | None) -> Principal | None:
+        scheme, _, value = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        stamp = _stamp(self.path)
+        if stamp != self._stamp:
+            self._reload(stamp)
+        offered = value.strip().encode()
+        found = None
+        for token, principal in self._artists.items():  # all compared: constant time per token
+            if hmac.compare_digest(offered, token.encode()):
+                found = principal
+        return found
+
+    def _reload(self, stamp: tuple[int, int, int] | None = None) -> None:
+        with self._lock:
+            self._stamp = stamp or _stamp(self.path)
+            try:
+                artists = parse_tokens_file(_read_private(self.path, "tokens file"), str(self.path))
+            except TokenError as exc:
+                if not self._artists:
+                    raise
+                log.warning("keeping the previous artists' tokens: %s", exc)
+                return
+            if self._artists and artists != self._artists:
+                log.info("the tokens file %s changed: %d artists", self.path, len(artists))
+            self._artists = artists

@@ -1,6 +1,7 @@
 """`nst-server`: serve the API, fetch the weights, or stylise one image without a server.
 
     nst-server [serve] [--host H] [--port P] [--token-file FILE] [--queue-size N] ...
+    nst-server worker --broker redis://HOST:PORT/DB [--device cpu|gpu:N] [--tf-threads N] ...
     nst-server token [--show | --reset]
     nst-server fetch-weights [--force]
     nst-server stylize CONTENT STYLE [STYLE ...] -o OUT [--iterations N] [--max-size PX] ...
@@ -60,6 +61,33 @@ def _build_parser() -> argparse.ArgumentParser:
     for setting in dataclasses.fields(ServerSettings):
         _add_setting_flag(serve, setting)
     serve.set_defaults(handler=_serve)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run one studio worker: takes jobs from --broker's Redis, one at a time",
+        description="A studio's worker (README, Studio): loads VGG19 once and runs the jobs the "
+        "fronts (`nst-server serve --broker URL`) queue in Redis. It takes the same settings "
+        "as serve (limits, weights, log); those about HTTP do not apply.",
+    )
+    for setting in dataclasses.fields(ServerSettings):
+        _add_setting_flag(worker, setting)
+    worker.add_argument(
+        "--device",
+        default="auto",
+        metavar="auto|cpu|gpu:N",
+        help="where the network runs: auto (a GPU if TensorFlow sees one), cpu, or gpu:N "
+        "(only GPU N, by CUDA_VISIBLE_DEVICES); a device it cannot use is said in /v1/health "
+        "and the worker takes no jobs",
+    )
+    worker.add_argument(
+        "--tf-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="TensorFlow's threads for one operation (0: all cores); on a CPU machine with "
+        "several workers, cores / workers",
+    )
+    worker.set_defaults(handler=_worker)
 
     token = sub.add_parser(
         "token",
@@ -194,12 +222,40 @@ def _serve(ns: argparse.Namespace) -> int:
         settings = ServerSettings.load(
             {f.name: getattr(ns, f.name) for f in dataclasses.fields(ServerSettings)}
         )
-        # Resolve (and if need be fetch) before binding, so a missing file fails loudly here.
-        weights = resolve_weights(settings.weights, fetch=True)
+        # Resolve (and if need be fetch) before binding, so a missing file fails loudly here;
+        # a studio's front needs none (its workers have them).
+        weights = None if settings.broker else resolve_weights(settings.weights, fetch=True)
         serve(settings, weights=weights)
     except (WeightsError, ServerConfigError, SettingsError) as exc:
         print(f"nst-server: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _worker(ns: argparse.Namespace) -> int:
+    from nst_server.server import ServerConfigError, setup_logging
+    from nst_server.settings import SettingsError
+    from nst_server.worker import run_worker
+
+    device = ns.device
+    if not (device in ("auto", "cpu") or (device.startswith("gpu:") and device[4:].isdigit())):
+        print(f"nst-server: --device must be auto, cpu or gpu:N, got {device!r}", file=sys.stderr)
+        return 2
+    try:
+        settings = ServerSettings.load(
+            {f.name: getattr(ns, f.name) for f in dataclasses.fields(ServerSettings)}
+        )
+        if not settings.broker:
+            raise SettingsError("nst-server worker needs --broker redis://HOST:PORT/DB")
+        log_file = settings.log_path().with_name(f"worker-{os.getpid()}.log")
+        if settings.log_file is None:
+            settings = settings.replace(log_file=str(log_file))
+        _log_to_stderr()
+        setup_logging(Path(settings.log_file or log_file))
+    except (SettingsError, ServerConfigError, OSError) as exc:
+        print(f"nst-server: {exc}", file=sys.stderr)
+        return 2
+    run_worker(settings, device=device, tf_threads=max(0, ns.tf_threads))
     return 0
 
 

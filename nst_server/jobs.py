@@ -1,4 +1,4 @@
-"""The job queue: one worker thread owns the engine; clients submit, poll, fetch and cancel.
+"""The in-process job queue: one worker thread owns the engine; clients submit, poll, cancel.
 
 Why one worker: the network and its compiled TF functions are built once and kept warm, and
 two optimisations at once would only fight over the same cores or GPU memory. Jobs wait in a
@@ -25,187 +25,46 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from nst_server.budget import MemoryBudget
-from nst_server.engine import ENGINE_VERSION, Cancelled, EngineError, FinishEarly, Progress
-from nst_server.images import (
-    DecodedImage,
-    ImageError,
-    ImageInfo,
-    decode_image,
-    encode_png,
-    mask_from_image,
-    thumbnail_png,
+from nst_server.images import thumbnail_png
+from nst_server.jobmodel import (  # noqa: F401 - re-exported: the names clients of jobs use
+    FINISHED,
+    LONG_POLL_GAP_S,
+    PREVIEW_SIZE,
+    ArtistQueueFull,
+    BrokerUnavailable,
+    Decoded,
+    ErrorCode,
+    JobInputs,
+    JobNeeds,
+    JobQueue,
+    JobState,
+    JobView,
+    NotRunning,
+    QueueFull,
+    Upload,
+    decode_inputs,
+    job_needs,
+    job_snapshot,
+    preview_bound,
+    result_png_bound,
 )
 from nst_server.params import StyleParams
+from nst_server.runner import Engine, EngineHost, Outcome, internal_error, run_job
 from nst_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
-
-
-class JobState(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINISHED = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
-
-
-class ErrorCode(str, Enum):
-    """Why a job did not end ``done`` (the API maps each to an HTTP status)."""
-
-    BAD_IMAGE = "bad_image"  # an upload could not be decoded
-    BAD_INPUT = "bad_input"  # the inputs do not go together (the engine said ValueError)
-    ENGINE_ERROR = "engine_error"  # the engine cannot do it as asked (too small, ...)
-    OUT_OF_MEMORY = "out_of_memory"
-    INTERNAL = "internal"  # our bug: see the log
-    CANCELLED = "cancelled"
-
-
-#: A long poll answers a mere progress change no sooner than this after it began.
-LONG_POLL_GAP_S = 0.2
-
-#: Longer side of preview PNGs when the client names none, in pixels.
-PREVIEW_SIZE = 256
 
 #: The budget of a queue built without one (tests): effectively none.
 UNLIMITED = 2**50
 
 #: The settings' defaults (one declaration: nst_server/settings.py).
 _DEFAULTS = ServerSettings()
-
-
-class Engine(Protocol):
-    """What the queue needs from ``nst_server.engine.StyleEngine`` (tests pass a fake)."""
-
-    @property
-    def device(self) -> str: ...
-
-    @property
-    def precision(self) -> str: ...
-
-    @property
-    def loaded(self) -> bool: ...
-
-    def load(self) -> None: ...
-
-    def unload(self) -> None: ...
-
-    def stylize(
-        self,
-        content: np.ndarray,
-        styles: Sequence[np.ndarray],
-        params: StyleParams,
-        on_progress: Callable[[Progress], None] | None = None,
-        *,
-        mask: np.ndarray | None = None,
-        init_image: np.ndarray | None = None,
-    ) -> np.ndarray: ...
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A MemoryError or TensorFlow's ResourceExhaustedError (told by name: no TF import here)."""
-    if isinstance(exc, MemoryError):
-        return True
-    return any(cls.__name__ == "ResourceExhaustedError" for cls in type(exc).__mro__)
-
-
-class QueueFull(Exception):  # noqa: N818 - reads better at the call site than QueueFullError
-    """The queue already holds ``capacity`` waiting jobs."""
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__(
-            f"the server is busy: {capacity} job(s) are already waiting; try again shortly"
-        )
-        self.capacity = capacity
-
-
-class NotRunning(Exception):  # noqa: N818 - an outcome, like QueueFull
-    """Finish was asked of a job that is not running; ``state`` is its state."""
-
-    def __init__(self, state: JobState) -> None:
-        super().__init__(state.value)
-        self.state = state
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One uploaded file, as it came (``data``), with what its header said."""
-
-    data: bytes
-    info: ImageInfo
-    what: str  # "content", "style", "mask" or "init": named in error messages
-
-
-@dataclass(frozen=True)
-class JobInputs:
-    """A job's uploads, checked but not decoded."""
-
-    content: Upload
-    styles: tuple[Upload, ...]
-    mask: Upload | None = None
-    init: Upload | None = None
-
-    @property
-    def uploads(self) -> tuple[Upload, ...]:
-        extra = tuple(u for u in (self.mask, self.init) if u is not None)
-        return (self.content, *self.styles, *extra)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(len(u.data) for u in self.uploads)
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """A job's inputs decoded by the worker, as the engine takes them."""
-
-    content: np.ndarray
-    styles: list[np.ndarray]
-    mask: np.ndarray | None
-    init_image: np.ndarray | None
-
-
-def decode_inputs(inputs: JobInputs, max_pixels: int) -> Decoded:
-    """Decode every upload (ImageError naming the upload if one cannot be used)."""
-
-    def decode(upload: Upload) -> DecodedImage:
-        return decode_image(upload.data, what=upload.what, max_pixels=max_pixels)
-
-    content = decode(inputs.content)
-    mask = None
-    if inputs.mask is not None:
-        decoded_mask = decode(inputs.mask)
-        if decoded_mask.size != content.size:  # e.g. only one of them had an EXIF rotation
-            raise ImageError(
-                f"mask: {decoded_mask.size[0]}x{decoded_mask.size[1]} px once decoded, but the "
-                f"content is {content.size[0]}x{content.size[1]} px"
-            )
-        mask = mask_from_image(decoded_mask)
-    return Decoded(
-        content=content.pixels,
-        styles=[decode(s).pixels for s in inputs.styles],
-        mask=mask,
-        init_image=decode(inputs.init).pixels if inputs.init is not None else None,
-    )
-
-
-@dataclass(frozen=True)
-class JobNeeds:
-    """Bytes of the memory budget a job reserves: ``held`` while it exists (uploads, room for
-    the result and previews), ``run`` while it waits to run and runs (see budget.py)."""
-
-    held: int
-    run: int
 
 
 @dataclass(eq=False)
@@ -240,8 +99,9 @@ class Job:
     version: int = 0
 
 
-class JobQueue:
-    """Bounded FIFO of jobs run one at a time by a worker thread that owns the engine.
+class LocalQueue:
+    """The in-process :class:`~nst_server.jobmodel.JobQueue`: a bounded FIFO of jobs run one
+    at a time by a worker thread that owns the engine.
 
     ``start()`` starts the worker (which loads the network straight away) and the housekeeper;
     ``close()`` stops both. All public methods are thread-safe.
@@ -260,11 +120,14 @@ class JobQueue:
         budget: MemoryBudget | None = None,
         log_path: str | None = None,
         tick_s: float = 0.25,
+        artist_cap: int | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("queue capacity must be at least 1")
         self.engine = engine
+        self.host = EngineHost(engine, log_path=log_path)
         self.capacity = capacity
+        self.artist_cap = artist_cap  # jobs one owner may have waiting (None: no cap)
         self.abandon_after_s = abandon_after_s
         self.ttl_s = ttl_s
         self.max_finished = max_finished
@@ -281,8 +144,6 @@ class JobQueue:
         self._running: Job | None = None
         self._stopping = False
         self._threads: list[threading.Thread] = []
-        self._status = "loading"  # "loading" | "ok" | "error"
-        self._status_error: str | None = None
         self._idle_since = time.monotonic()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -351,6 +212,9 @@ class JobQueue:
                 raise RuntimeError("the job queue is shut down")
             if len(self._waiting) >= self.capacity:
                 raise QueueFull(self.capacity)
+            mine = sum(j.owner == owner for j in self._waiting)
+            if self.artist_cap is not None and mine >= self.artist_cap:
+                raise ArtistQueueFull(self.artist_cap)
             self.budget.reserve(
                 job.id,
                 held=needs.held,
@@ -466,6 +330,37 @@ class JobQueue:
             job._preview_png = ((step, longest), png)
         return png
 
+    @property
+    def device(self) -> str:
+        return self.engine.device
+
+    def wait_done(self, job_id: str, timeout: float) -> Job | None:
+        job = self.get(job_id)
+        if job is not None:
+            job.done_event.wait(timeout)
+        return job
+
+    def result_png(self, job_id: str) -> bytes | None:
+        job = self.get(job_id)
+        return job.result if job is not None and job.state == JobState.DONE else None
+
+    def list_jobs(self, owner: str | None) -> list[dict[str, Any]]:
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if owner is None or j.owner == owner]
+            jobs.sort(key=lambda j: j.created)
+            return [
+                {**self._snapshot(j), **({"owner": j.owner} if owner is None else {})} for j in jobs
+            ]
+
+    def health(self) -> dict[str, Any]:
+        engine = self.engine
+        return {
+            "weights": engine.weights_description,
+            "device": engine.device,
+            "precision": engine.precision,
+            "loaded": engine.loaded,
+        }
+
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {
@@ -477,40 +372,35 @@ class JobQueue:
     @property
     def status(self) -> str:
         """ "loading" until the network is built, then "ok"; "error" if building it failed."""
-        return self._status
+        return self.host.status
 
     @property
     def status_error(self) -> str | None:
-        return self._status_error
+        return self.host.status_error
 
     # --- internals ------------------------------------------------------------------------------
 
     def _snapshot(self, job: Job) -> dict[str, Any]:
-        progress = dict(job.progress)
-        if job.started is not None:
-            progress["elapsed_s"] = round((job.finished or time.monotonic()) - job.started, 3)
+        position = None
         if job.state == JobState.QUEUED:
-            progress["position"] = next(
-                (i for i, waiting in enumerate(self._waiting) if waiting is job), 0
-            )
-        if job.finished_early:
-            progress["finished_early"] = True
-        return {
-            "id": job.id,
-            "state": job.state.value,
-            "progress": progress,
-            "error": job.error,
-            "error_code": job.error_code.value if job.error_code else None,
-            "created": job.created,
-            "size": list(job.size),
-            "styles": job.n_styles,
-            "bit_depth": job.bit_depth,
-            "params": job.params.to_dict(),
-            "engine_version": ENGINE_VERSION,
-            "preview": job._preview is not None,
-            "preview_step": job._preview_step if job._preview is not None else None,
-            "version": job.version,
-        }
+            position = next((i for i, waiting in enumerate(self._waiting) if waiting is job), 0)
+        elapsed = None
+        if job.started is not None:
+            elapsed = (job.finished or time.monotonic()) - job.started
+        has_preview = job._preview is not None
+        return job_snapshot(
+            JobView(job.id, job.owner, job.state, job.progress, job.error, job.error_code),
+            created=job.created,
+            size=job.size,
+            styles=job.n_styles,
+            bit_depth=job.bit_depth,
+            params=job.params.to_dict(),
+            preview_step=job._preview_step if has_preview else None,
+            version=job.version,
+            position=position,
+            elapsed_s=elapsed,
+            finished_early=job.finished_early,
+        )
 
     def _cancel_locked(self, job: Job, reason: str) -> None:
         if job.state == JobState.QUEUED:
@@ -550,7 +440,7 @@ class JobQueue:
                 self._forget(job)
 
     def _worker(self) -> None:
-        self._load_engine(None)
+        self.host.ensure_loaded()
         while True:
             with self._lock:
                 while not self._waiting and not self._stopping:
@@ -578,7 +468,7 @@ class JobQueue:
                 with self._lock:
                     if job.state not in FINISHED:
                         self._finish(
-                            job, JobState.FAILED, self._internal_error(), ErrorCode.INTERNAL
+                            job, JobState.FAILED, internal_error(self.log_path), ErrorCode.INTERNAL
                         )
                     self._running = None
                     self._idle_since = time.monotonic()
@@ -586,146 +476,52 @@ class JobQueue:
     def _should_unload(self) -> bool:
         return (
             self.idle_unload_s > 0
-            and self._status == "ok"
+            and self.host.status == "ok"
             and self.engine.loaded
             and time.monotonic() - self._idle_since >= self.idle_unload_s
         )
 
     def _unload_engine(self) -> None:
         log.info("no jobs for %g s: unloading the network", self.idle_unload_s)
-        try:
-            self.engine.unload()
-        except Exception:
-            log.exception("unloading the network failed")
+        self.host.unload()
         self._idle_since = time.monotonic()
-
-    def _load_engine(self, job: Job | None) -> bool:
-        """Build the network if needed; on failure record it (and fail ``job``)."""
-        if self.engine.loaded:
-            self._status, self._status_error = "ok", None
-            return True
-        self._status = "loading"
-        if job is not None:
-            self._set_progress(job, {"phase": "loading"})
-        started = time.monotonic()
-        try:
-            self.engine.load()
-        except Exception as exc:  # noqa: BLE001 - reported in health and the job, server stays up
-            message = (
-                str(exc)
-                if isinstance(exc, (EngineError, ValueError, OSError))
-                else self._internal_error()
-            )
-            log.exception("building the network failed")
-            self._status, self._status_error = "error", message
-            if job is not None:
-                with self._lock:
-                    self._finish(
-                        job,
-                        JobState.FAILED,
-                        f"the network could not be loaded: {message}",
-                        ErrorCode.ENGINE_ERROR,
-                    )
-            return False
-        log.info("network ready on %s in %.1f s", self.engine.device, time.monotonic() - started)
-        self._status, self._status_error = "ok", None
-        return True
 
     def _run(self, job: Job) -> None:
         log.info("job %s running", job.id)
-        if not self._load_engine(job):
-            return
+        assert job.inputs is not None
+        outcome = run_job(
+            self.host,
+            job.inputs,
+            job.params,
+            _LocalControl(self, job),
+            bit_depth=job.bit_depth,
+            max_pixels=self.max_pixels,
+        )
+        self._end(job, outcome)
 
-        def on_progress(event: Progress) -> None:
-            if job.cancel_event.is_set():
-                raise Cancelled
-            update: dict[str, Any] = {
-                "phase": event.phase,
-                "step": event.step,
-                "total": event.total,
-                "eta_s": event.eta_s,
-                "losses": {k: float(v) for k, v in event.losses.items()},
-            }
-            if event.size is not None:
-                update["size"] = list(event.size)
-            if getattr(event, "result_size", None) is not None:  # with size: the enlargement
-                update["result_size"] = list(event.result_size)
-            if getattr(event, "scales", 1) > 1:  # coarse-to-fine: which pass this is
-                update["scale"], update["scales"] = event.scale, event.scales
-            if getattr(event, "note", None):
-                update["note"] = event.note
-            self._set_progress(job, update, preview=event.preview, step=event.step)
-            if job.finish_event.is_set() and event.phase == "optimising":
-                job.finished_early = True
-                raise FinishEarly
-
-        try:
-            if job.cancel_event.is_set():
-                raise Cancelled
-            assert job.inputs is not None
-            self._set_progress(job, {"phase": "preparing"})  # decoding the uploads
-            decoded = decode_inputs(job.inputs, self.max_pixels)
-            with self._lock:
-                job.inputs = None  # decoded now: the compressed uploads can go
-                self.budget.shrink(job.id, held=self._held_after_decode(job))
-            engine_started = time.monotonic()
-            result = self.engine.stylize(
-                decoded.content,
-                decoded.styles,
-                job.params,
-                on_progress,
-                mask=decoded.mask,
-                init_image=decoded.init_image,
-            )
-            del decoded
-            # The engine's own time, so clients can tell it from transfer and encoding.
-            engine_s = round(time.monotonic() - engine_started, 3)
-            self._set_progress(job, {"phase": "encoding", "eta_s": None, "engine_s": engine_s})
-            png = encode_png(result, bit_depth=job.bit_depth)
-            del result
-            if job.cancel_event.is_set():
-                raise Cancelled
-        except Cancelled:
+    def _end(self, job: Job, outcome: Outcome) -> None:
+        """Record how ``job`` ended (its worker is done with it)."""
+        if outcome.state == JobState.CANCELLED:
             with self._lock:
                 self._finish(job, JobState.CANCELLED, job.error or "cancelled", ErrorCode.CANCELLED)
             log.info("job %s cancelled", job.id)
-            return
-        except ImageError as exc:
-            self._fail(job, str(exc), ErrorCode.BAD_IMAGE)
-            return
-        except EngineError as exc:
-            self._fail(job, str(exc), ErrorCode.ENGINE_ERROR)
-            return
-        except ValueError as exc:
-            self._fail(job, str(exc), ErrorCode.BAD_INPUT)
-            return
-        except Exception as exc:  # noqa: BLE001 - sorted below; the worker must survive
-            if is_out_of_memory(exc):
-                # The real engine turns TF's ResourceExhaustedError into an EngineError itself;
-                # this catches a raw one (or a MemoryError from numpy/scipy) from anywhere else.
-                log.warning("job %s ran out of memory: %s", job.id, type(exc).__name__)
-                self._fail(job, self._out_of_memory_message(job), ErrorCode.OUT_OF_MEMORY)
-                return
-            # anything else is our bug: log it, tell the client where to look
-            log.exception("job %s failed with an internal error", job.id)
-            self._fail(job, self._internal_error(), ErrorCode.INTERNAL)
-            return
-        with self._lock:
-            job.result = png
-            self._finish(job, JobState.DONE, None, None)
-        early = " (finished early)" if job.finished_early else ""
-        log.info("job %s done in %.1f s%s", job.id, job.finished - job.started, early)
+        elif outcome.state == JobState.FAILED:
+            log.warning("job %s failed: %s", job.id, outcome.error)
+            with self._lock:
+                self._finish(job, JobState.FAILED, outcome.error, outcome.code)
+        else:
+            with self._lock:
+                job.result = outcome.png
+                job.finished_early = outcome.finished_early
+                self._finish(job, JobState.DONE, None, None)
+            early = " (finished early)" if job.finished_early else ""
+            log.info("job %s done in %.1f s%s", job.id, job.finished - job.started, early)
 
     def _held_after_decode(self, job: Job) -> int:
         """What the job still holds once its uploads are decoded: room for its result and
         previews (the decoded arrays are part of its run reservation)."""
         width, height = job.size
         return result_png_bound(width, height, job.bit_depth) + preview_bound(job.params, job.size)
-
-    def _fail(self, job: Job, message: str, code: ErrorCode) -> None:
-        log.warning("job %s failed: %s", job.id, message)
-        with self._lock:
-            self._finish(job, JobState.FAILED, message, code)
 
     def _set_progress(
         self,
@@ -747,21 +543,6 @@ class JobQueue:
         """Record a visible change to ``job`` and wake its long polls (lock held)."""
         job.version += 1
         self._changed.notify_all()
-
-    def _out_of_memory_message(self, job: Job) -> str:
-        width, height = job.size
-        size = job.progress.get("size")
-        at = f"{size[0]}x{size[1]} px" if size else f"max_size {job.params.max_size}"
-        smaller = max(64, (max(size) if size else job.params.max_size or max(width, height)) // 2)
-        return (
-            f"out of memory while stylising a {width}x{height} picture at {at}: try a smaller "
-            f"max_size (e.g. {smaller}), fewer style images, or close other programs using "
-            "the memory; the server is still running"
-        )
-
-    def _internal_error(self) -> str:
-        where = self.log_path or "the server's standard error"
-        return f"internal error (see the server log at {where})"
 
     def _housekeeper(self) -> None:
         while True:
@@ -786,33 +567,22 @@ class JobQueue:
                 self._wake.wait(self._tick_s)
 
 
-# --- memory estimates (no TensorFlow: the engine's part comes from its plan) -------------------
+class _LocalControl:
+    """A running job's link to its clients in this process (see runner.JobControl)."""
 
+    def __init__(self, queue: LocalQueue, job: Job) -> None:
+        self.queue, self.job = queue, job
 
-def result_png_bound(width: int, height: int, bit_depth: int) -> int:
-    """Bytes a result PNG can take at most: its raw rows (RGBA) plus zlib's worst case."""
-    raw = height * (1 + width * 4 * bit_depth // 8)
-    return raw + raw // 1000 + 64 * 1024
+    def cancelled(self) -> bool:
+        return self.job.cancel_event.is_set()
 
+    def finish_asked(self) -> bool:
+        return self.job.finish_event.is_set()
 
-def preview_bound(params: StyleParams, size: tuple[int, int]) -> int:
-    """Bytes the cached preview PNG can take (at most the processing size, 8-bit RGB)."""
-    longest = params.max_size or max(size)
-    scale = min(1.0, longest / max(size))
-    return result_png_bound(int(size[0] * scale) + 1, int(size[1] * scale) + 1, 8)
+    def report(self, update: dict[str, Any], preview: np.ndarray | None, step: int | None) -> None:
+        self.queue._set_progress(self.job, update, preview=preview, step=step)
 
-
-def job_needs(inputs: JobInputs, params: StyleParams, engine_peak_bytes: int) -> JobNeeds:
-    """The job's reservation: ``engine_peak_bytes`` is its plan's (the engine's work, its
-    float32 inputs included); to it come decoding (the largest image's transient), the
-    starting image, and encoding the result (a float copy, the samples, the PNG)."""
-    content = inputs.content.info
-    init = inputs.init.info.decoded_bytes if inputs.init is not None else 0
-    decoding = max(u.info.decode_peak_bytes for u in inputs.uploads)
-    encoding = content.pixels * (4 * 4 * 2 + 8) + result_png_bound(
-        content.width, content.height, content.bit_depth
-    )
-    run = engine_peak_bytes + init + decoding + encoding
-    held = inputs.nbytes + result_png_bound(content.width, content.height, content.bit_depth)
-    held += preview_bound(params, content.size)
-    return JobNeeds(held=held, run=run)
+    def decoded(self) -> None:
+        with self.queue._lock:
+            self.job.inputs = None  # decoded now: the compressed uploads can go
+            self.queue.budget.shrink(self.job.id, held=self.queue._held_after_decode(self.job))

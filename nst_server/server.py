@@ -6,6 +6,7 @@ its flags and the environment and prints ``ServerConfigError`` messages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -17,7 +18,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nst_server.auth import Authenticator, TokenError, default_token_path, ensure_token
+from nst_server.auth import (
+    ArtistTokens,
+    Authenticator,
+    TokenError,
+    default_token_path,
+    ensure_token,
+)
+from nst_server.jobmodel import BrokerUnavailable
 from nst_server.settings import ServerSettings, state_dir
 
 log = logging.getLogger(__name__)
@@ -30,10 +38,12 @@ class ServerConfigError(Exception):
     """The server cannot start as configured; the message says why and what to do."""
 
 
-def authenticator_for(settings: ServerSettings) -> Authenticator:
-    """The token rule: ``--token`` / ``NST_TOKEN`` if given, else the token file (created
-    with a new token if it does not exist yet)."""
+def authenticator_for(settings: ServerSettings) -> Authenticator | ArtistTokens:
+    """The token rule: a studio's tokens file if given, else ``--token`` / ``NST_TOKEN``, else
+    the token file (created with a new token if it does not exist yet)."""
     try:
+        if settings.tokens_file:
+            return ArtistTokens(Path(settings.tokens_file).expanduser())
         if settings.token:
             return Authenticator(settings.token)
         path = Path(settings.token_file).expanduser() if settings.token_file else None
@@ -130,7 +140,8 @@ def headers_hook(
             return True
         match = _JOB_PATH.fullmatch(path)
         if principal is not None and match:
-            queue.touch(match.group(1))
+            with contextlib.suppress(BrokerUnavailable):  # the request itself gets the 503
+                queue.touch(match.group(1))
         return False
 
     return on_headers
@@ -142,9 +153,7 @@ def serve(settings: ServerSettings, *, weights: Any = None) -> None:
     ``weights``: a resolved ``WeightsSource`` (the CLI fetches them first); None uses
     ``settings.weights`` or the usual search."""
     from nst_server.api import create_app, get_queue
-    from nst_server.engine import StyleEngine
     from nst_server.front import create_front, server_url
-    from nst_server.weights import resolve_weights
 
     log_file = settings.log_path()
     try:
@@ -156,7 +165,12 @@ def serve(settings: ServerSettings, *, weights: Any = None) -> None:
     # Waitress spools large bodies and answers to temporary files: never in the shared /tmp.
     tempfile.tempdir = str(private_dir(spool_dir()))
     raise_file_limit(settings.connection_limit + 256)
-    engine = StyleEngine(weights if weights is not None else resolve_weights(settings.weights))
+    engine = None
+    if not settings.broker:  # a studio's front holds no network: its workers do
+        from nst_server.engine import StyleEngine  # imports TensorFlow
+        from nst_server.weights import resolve_weights
+
+        engine = StyleEngine(weights if weights is not None else resolve_weights(settings.weights))
     app = create_app(settings, engine=engine, authenticator=authenticator, start_worker=False)
     queue = get_queue(app)
     try:
@@ -167,11 +181,15 @@ def serve(settings: ServerSettings, *, weights: Any = None) -> None:
             "another server running? Choose another --port"
         ) from exc
     queue.start()
+    where = (
+        f"studio front, jobs in Redis at {settings.broker.rsplit('@', 1)[-1]}"
+        if settings.broker
+        else f"{engine.device}, weights: {engine.weights_description}"
+    )
     log.info(
-        "nst-server on %s (%s, weights: %s); token: %s; log: %s",
+        "nst-server on %s (%s); token: %s; log: %s",
         server_url(server),
-        engine.device,
-        engine.weights_description,
+        where,
         authenticator.source,
         log_file,
     )

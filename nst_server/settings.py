@@ -100,6 +100,44 @@ class ServerSettings:
             metavar="FILE",
         ),
     )
+    # --- a studio: many artists, workers behind Redis (README "Studio") ------------------------
+    broker: str | None = field(
+        default=None,
+        metadata=_setting(
+            "Redis URL (redis://[:PASSWORD@]HOST:PORT/DB) of a studio's job queue: `serve` "
+            "becomes a front holding no network and `nst-server worker` processes run the jobs "
+            "(default: none, one in-process worker).",
+            metavar="URL",
+        ),
+    )
+    tokens_file: str | None = field(
+        default=None,
+        metadata=_setting(
+            "File of artists' tokens, one line each: 'NAME TOKEN [admin]'. An artist sees and "
+            "cancels only their own jobs, an admin all (default: none, the one token above).",
+            metavar="FILE",
+        ),
+    )
+    artist_queue_cap: int = field(
+        default=4,
+        metadata=_setting(
+            "Jobs one artist may have waiting at once; more get HTTP 429.",
+            minimum=1,
+            maximum=1000,
+            public=True,
+        ),
+    )
+    worker_timeout_s: float = field(
+        default=20.0,
+        metadata=_setting(
+            "A studio worker silent for this many seconds is taken for dead: its job restarts "
+            "once on another worker.",
+            minimum=2.0,
+            maximum=3600.0,
+            flag="--worker-timeout",
+            metavar="SECONDS",
+        ),
+    )
     # --- jobs ----------------------------------------------------------------------------------
     queue_size: int = field(
         default=16,

@@ -343,7 +343,7 @@ def test_unknown_job_is_404_json(client) -> None:
 
 def test_unknown_route_and_wrong_method_are_json(client) -> None:
     assert_error(client.get("/nope"), 404, "not_found")
-    response = client.get("/v1/jobs")
+    response = client.put("/v1/jobs")
     assert_error(response, 405, "method_not_allowed")
     assert "POST" in response.headers["Allow"]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_server.jobs import JobQueue, QueueFull
+from nst_server.jobs import LocalQueue, QueueFull
 from nst_server.params import StyleParams
 from tests.api.helpers import job_inputs
 from tests.fake_engine import FakeEngine, wait_for
@@ -27,11 +27,11 @@ def params(iterations: int = 3) -> StyleParams:
 
 @pytest.fixture
 def make_queue():
-    queues: list[JobQueue] = []
+    queues: list[LocalQueue] = []
 
-    def make(engine: FakeEngine, **kwargs) -> JobQueue:
+    def make(engine: FakeEngine, **kwargs) -> LocalQueue:
         kwargs.setdefault("tick_s", 0.02)
-        queue = JobQueue(engine, **kwargs)
+        queue = LocalQueue(engine, **kwargs)
         queues.append(queue)
         queue.start()
         return queue
@@ -41,7 +41,7 @@ def make_queue():
         queue.close()
 
 
-def finished(queue: JobQueue, job_id: str):
+def finished(queue: LocalQueue, job_id: str):
     snap = queue.snapshot(job_id)
     return snap if snap and snap["state"] in ("done", "failed", "cancelled") else None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nst_server.jobs import JobQueue
+from nst_server.jobs import LocalQueue
 from nst_server.params import StyleParams
 from tests.api.helpers import job_inputs
 from tests.conftest import synthetic_painting, synthetic_photo
@@ -10,7 +10,7 @@ from tests.fake_engine import wait_for
 
 
 def test_a_snapshot_tells_the_processing_size_and_the_results_so_the_enlargement(engine):
-    queue = JobQueue(engine, tick_s=0.02)
+    queue = LocalQueue(engine, tick_s=0.02)
     queue.start()
     try:
         job = queue.submit(

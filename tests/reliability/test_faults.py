@@ -16,9 +16,9 @@ import time
 import numpy as np
 import pytest
 
-import nst_server.jobs as jobs_module
+import nst_server.runner as jobs_module
 from nst_server.api import get_queue
-from nst_server.jobs import JobQueue
+from nst_server.jobs import LocalQueue
 from nst_server.params import StyleParams
 from tests.api.helpers import TEST_TOKEN, job_inputs, make_test_app
 from tests.fake_engine import FakeEngine, wait_for
@@ -33,18 +33,18 @@ def params(iterations: int) -> StyleParams:
     return StyleParams.from_mapping({"iterations": iterations, "max_size": 64}, "cpu")
 
 
-def final(queue: JobQueue, job_id: str) -> dict | None:
+def final(queue: LocalQueue, job_id: str) -> dict | None:
     snap = queue.snapshot(job_id)
     return snap if snap and snap["state"] in ("done", "failed", "cancelled") else None
 
 
 @pytest.fixture
 def queue_of():
-    queues: list[JobQueue] = []
+    queues: list[LocalQueue] = []
 
-    def make(engine, **kwargs) -> JobQueue:
+    def make(engine, **kwargs) -> LocalQueue:
         kwargs.setdefault("tick_s", 0.02)
-        queue = JobQueue(engine, **kwargs)
+        queue = LocalQueue(engine, **kwargs)
         queues.append(queue)
         queue.start()
         wait_for(lambda: engine.loaded or queue.status == "ok", 10, "the engine loaded")
@@ -55,7 +55,7 @@ def queue_of():
         queue.close()
 
 
-def assert_worker_free(queue: JobQueue, engine: FakeEngine) -> None:
+def assert_worker_free(queue: LocalQueue, engine: FakeEngine) -> None:
     """The next job runs and finishes: nothing was left holding the worker."""
     job = queue.submit(job_inputs(CONTENT, [STYLE]), params(2))
     snap = wait_for(lambda: final(queue, job.id), 10, "the next job")
