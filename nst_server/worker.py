@@ -72,6 +72,10 @@ return {'run', tostring(attempts + 1)}
 """
 
 
+#: How long a worker keeps trying to record a job's end while Redis is unreachable.
+RECORD_PATIENCE_S = 600.0
+
+
 class WorkerProcess:
     """The worker: engine, heartbeat, Dramatiq consumer, one job at a time."""
 
@@ -184,13 +188,14 @@ class WorkerProcess:
             self._beat_once()
 
     def _process(self, job_id: str) -> None:
-        keys = [job_key(job_id), QUEUED, job_key(job_id, "preview")]
-        action, detail = (
-            part.decode()
-            for part in self._claim(
-                keys=keys, args=[self.id, repr(time.time()), worker_key(""), job_id]
-            )
-        )
+        action, detail = self._claim_job(job_id)
+        # "busy": its worker's heartbeat key has not expired yet. Either Dramatiq noticed that
+        # worker's death first (its key goes within worker_timeout_s) or the message came
+        # twice and the job runs elsewhere: wait that long before leaving it to that worker.
+        deadline = time.monotonic() + 2 * self.settings.worker_timeout_s
+        while action == "busy" and time.monotonic() < deadline and not self._stop.is_set():
+            time.sleep(0.5)
+            action, detail = self._claim_job(job_id)
         if action in ("gone", "ended", "busy"):
             log.info("job %s skipped: %s %s", job_id, action, detail)
             return
@@ -219,6 +224,12 @@ class WorkerProcess:
             time.monotonic() - started,
             f": {outcome.error}" if outcome.error else "",
         )
+
+    def _claim_job(self, job_id: str) -> tuple[str, str]:
+        keys = [job_key(job_id), QUEUED, job_key(job_id, "preview")]
+        args = [self.id, repr(time.time()), worker_key(""), job_id]
+        action, detail = (part.decode() for part in self._claim(keys=keys, args=args))
+        return action, detail
 
     def _run(self, job_id: str, state: dict[str, Any]) -> Outcome:
         try:
@@ -276,6 +287,20 @@ class WorkerProcess:
         )
 
     def _finish(self, job_id: str, outcome: Outcome) -> None:
+        """Record the outcome; while Redis is down, keep trying for a while (the job's
+        clients are waiting for it), then give up with a log line."""
+        deadline = time.monotonic() + RECORD_PATIENCE_S
+        while True:
+            try:
+                self._record(job_id, outcome)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("job %s: cannot record its end yet (%s); retrying", job_id, exc)
+                time.sleep(1.0)
+
+    def _record(self, job_id: str, outcome: Outcome) -> None:
         ttl = self.settings.job_ttl_s
         if outcome.state == JobState.DONE:
             assert outcome.png is not None
@@ -315,12 +340,16 @@ class _RedisControl:
         self.progress: dict[str, Any] = {"phase": "preparing"}
         self._finish = False
         self._previews = 0
+        self._offline = False
 
     def cancelled(self) -> bool:
         pipe = self.redis.pipeline()
         pipe.hmget(self.key, "cancel", "finish")
         pipe.exists(job_key(self.job_id, "seen"))
-        (cancel, finish), seen = pipe.execute()
+        try:
+            (cancel, finish), seen = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False  # Redis is away: the job goes on, its clients cannot ask anything
         self._finish = finish is not None
         abandon = self.worker.settings.abandon_after_s
         if cancel is None and not seen and abandon > 0:
@@ -343,7 +372,14 @@ class _RedisControl:
             pipe.hset(self.key, "preview_step", step if step is not None else self._previews)
         pipe.hset(self.key, "progress", json.dumps(self.progress))
         pipe.hincrby(self.key, "version", 1)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if not self._offline:
+                log.warning("job %s: progress not recorded, Redis is away: %s", self.job_id, exc)
+            self._offline = True
+            return
+        self._offline = False
 
     def decoded(self) -> None:
         """The uploads stay in Redis until the job ends: a restart after this worker's death

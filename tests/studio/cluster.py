@@ -51,7 +51,7 @@ class RedisServer:
         self.config = folder / "redis.conf"
         self.config.write_text(
             f"port {self.port}\nbind 127.0.0.1\nprotected-mode yes\ndir {folder}\n"
-            "appendonly yes\nappendfsync always\nsave \"\"\nlogfile redis.log\n"
+            'appendonly yes\nappendfsync always\nsave ""\nlogfile redis.log\n'
         )
 
     @property
