@@ -7,10 +7,13 @@ Nothing here touches a system Redis: each RedisServer is started with a config w
 
 from __future__ import annotations
 
+import http.client
 import os
 import secrets
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -231,3 +234,92 @@ class Studio:
         for worker in self.workers:
             worker.stop()
         self.redis.stop()
+
+
+class TlsProxy:
+    """nginx with install/studio/nginx.conf in front of ``front`` on 127.0.0.1:<free port>,
+    TLS with a self-signed certificate for ``name`` made here with openssl."""
+
+    def __init__(self, folder: Path, front_port: int, name: str = "studio.test") -> None:
+        for tool in ("nginx", "openssl"):
+            if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
+                message = f"{tool} is not installed (apt-get install {tool}; .ci/run does)"
+                if os.environ.get("CI"):
+                    pytest.fail(message)
+                pytest.skip(message)
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.port = free_port()
+        self.certificate = folder / "cert.pem"
+        key = folder / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+            + ["-keyout", str(key), "-out", str(self.certificate), "-subj", f"/CN={name}"]
+            + ["-addext", f"subjectAltName=DNS:{name}"],
+            check=True,
+            capture_output=True,
+        )
+        site = (REPO / "install" / "studio" / "nginx.conf").read_text()
+        for placeholder, value in {
+            "LISTEN": f"127.0.0.1:{self.port}",
+            "SERVER_NAME": name,
+            "CERTIFICATE": str(self.certificate),
+            "CERTIFICATE_KEY": str(key),
+            "FRONT": f"127.0.0.1:{front_port}",
+        }.items():
+            site = site.replace("{{" + placeholder + "}}", value)
+        (folder / "site.conf").write_text(site)
+        temp = folder / "temp"
+        temp.mkdir(exist_ok=True)
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (folder / "nginx.conf").write_text(
+            f"{user}daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\n"
+            f"error_log {folder}/error.log;\nevents {{ worker_connections 256; }}\n"
+            f"http {{\n  access_log {folder}/access.log;\n"
+            f"  client_body_temp_path {temp}/body;\n  proxy_temp_path {temp}/proxy;\n"
+            f"  fastcgi_temp_path {temp}/fastcgi;\n  uwsgi_temp_path {temp}/uwsgi;\n"
+            f"  scgi_temp_path {temp}/scgi;\n  include {folder}/site.conf;\n}}\n"
+        )
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> TlsProxy:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.process = subprocess.Popen(
+            [nginx, "-p", str(self.folder), "-c", str(self.folder / "nginx.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    log = self.folder / "error.log"
+                    raise RuntimeError(
+                        f"nginx did not start: {log.read_text() if log.exists() else ''}"
+                    ) from None
+                time.sleep(0.1)
+
+    def request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes | None = None
+    ) -> tuple[int, bytes]:
+        """One HTTPS request to 127.0.0.1 naming ``self.name`` (SNI and Host), the
+        certificate checked against the self-signed one."""
+        context = ssl.create_default_context(cafile=str(self.certificate))
+        connection = http.client.HTTPSConnection(self.name, self.port, context=context)
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        connection.sock = context.wrap_socket(raw, server_hostname=self.name)
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)

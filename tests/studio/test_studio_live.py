@@ -14,7 +14,7 @@ import pytest
 
 from tests.live_server import job_form
 from tests.reliability.helpers import identity_content, painting, result_identity
-from tests.studio.cluster import LONG, SMALL, Studio
+from tests.studio.cluster import LONG, SMALL, Studio, TlsProxy
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -22,7 +22,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     studio = Studio(tmp_path_factory.mktemp("studio"), workers=2, worker_timeout_s=4.0)
-    studio.start(front_env={"NST_QUEUE_SIZE": "40", "NST_ARTIST_QUEUE_CAP": "20"})
+    studio.start(
+        front_env={
+            "NST_QUEUE_SIZE": "40",
+            "NST_ARTIST_QUEUE_CAP": "20",
+            "NST_ALLOWED_HOSTS": "studio.test",  # the TLS proxy's name
+        }
+    )
     yield studio
     studio.stop()
 
@@ -165,6 +171,39 @@ def test_finish_ends_a_running_job_on_its_worker_with_its_picture(studio: Studio
     assert body["state"] == "done" and body["progress"]["finished_early"] is True, body
     status, png = get(studio, "bob", f"/v1/jobs/{job_id}/result")
     assert status == 200 and result_identity(png) == (size, alpha)
+
+
+def test_behind_nginx_with_tls(studio: Studio, tmp_path) -> None:
+    """install/studio/nginx.conf on 127.0.0.1 with a self-signed certificate for studio.test;
+    the front admits that name (--allowed-hosts) and no other."""
+    proxy = TlsProxy(tmp_path / "nginx", studio.front.port).start()
+    try:
+        status, data = proxy.request("GET", "/v1/health", studio.auth("alice"))
+        assert status == 200 and json.loads(data)["status"] == "ok", data
+        status, data = proxy.request("GET", "/v1/jobs", {})
+        assert status == 401, data
+        content, size, alpha = identity_content(8)
+        body, content_type = _form(content, SMALL)
+        status, data = proxy.request(
+            "POST", "/v1/jobs", {"Content-Type": content_type, **studio.auth("alice")}, body
+        )
+        assert status == 202, data
+        job_id = json.loads(data)["id"]
+        deadline = time.monotonic() + 60
+        while json.loads(proxy.request("GET", f"/v1/jobs/{job_id}", studio.auth("alice"))[1])[
+            "state"
+        ] not in ("done", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        status, png = proxy.request("GET", f"/v1/jobs/{job_id}/result", studio.auth("alice"))
+        assert status == 200 and result_identity(png) == (size, alpha)
+        # A name the front was not told of is refused, through the proxy too.
+        status, data = proxy.request(
+            "GET", "/v1/health", {"Host": "elsewhere.test", **studio.auth("alice")}
+        )
+        assert status == 403 and json.loads(data)["error"]["code"] == "forbidden_host", data
+    finally:
+        proxy.stop()
 
 
 def test_a_worker_that_cannot_use_its_device_takes_no_jobs_and_says_why(studio: Studio) -> None:
