@@ -1,0 +1,159 @@
+"""The studio's parts one at a time: the tokens file, the per-artist cap, and the claim a worker
+makes on a job (a real redis-server; no worker process, no network)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nst_server.auth import ArtistTokens, Principal, TokenError, parse_tokens_file
+from nst_server.jobmodel import ArtistQueueFull, BrokerUnavailable, JobState, QueueFull
+from nst_server.jobs import LocalQueue
+from nst_server.params import StyleParams
+from nst_server.settings import ServerSettings
+from nst_server.studio import END_SCRIPT, QUEUED, RedisQueue, job_key, worker_key
+from nst_server.worker import CLAIM_SCRIPT
+from tests.api.helpers import job_inputs
+from tests.fake_engine import FakeEngine
+from tests.studio.cluster import RedisServer
+
+A = "a" * 40
+B = "b" * 40
+C = "c" * 40
+PICTURE = np.full((32, 40, 3), 0.5, np.float32)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    client = redis_server.client()
+    client.flushdb()
+    return client
+
+
+def test_tokens_file_names_artists_and_admins(tmp_path: Path) -> None:
+    text = f"# the studio\nalice {A}\nbob {B}  # nights\n\nboss {C} admin\n"
+    assert parse_tokens_file(text, "tokens") == {
+        A: Principal("alice"),
+        B: Principal("bob"),
+        C: Principal("boss", admin=True),
+    }
+    path = tmp_path / "tokens"
+    path.write_text(text)
+    path.chmod(0o600)
+    artists = ArtistTokens(path)
+    assert artists.identify(f"Bearer {B}") == Principal("bob")
+    assert artists.identify(f"Bearer {C}").admin
+    assert artists.identify("Bearer " + "d" * 40) is None and artists.identify(None) is None
+    path.write_text(f"carol {A}\n")  # edited: the new list at the next request
+    assert artists.identify(f"Bearer {A}") == Principal("carol")
+    assert artists.identify(f"Bearer {B}") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (f"alice {A} boss\n", "line 1: expected"),
+        ("alice short\n", "at least 32"),
+        (f"alice {A}\nalice {B}\n", "line 2: the name or the token is already used"),
+        (f"alice {A}\nbob {A}\n", "line 2"),
+        ("# nobody\n", "names no artist"),
+    ],
+)
+def test_a_bad_tokens_file_says_which_line(text: str, words: str) -> None:
+    with pytest.raises(TokenError, match=words):
+        parse_tokens_file(text, "tokens")
+
+
+def test_the_in_process_queue_caps_each_artist(tmp_path: Path) -> None:
+    queue = LocalQueue(FakeEngine(step_s=0.05), capacity=8, artist_cap=2, tick_s=0.02)
+    try:  # not started: every job stays queued
+        for _ in range(2):
+            queue.submit(job_inputs(PICTURE, [PICTURE]), StyleParams(iterations=1), owner="al")
+        with pytest.raises(ArtistQueueFull, match="2 job"):
+            queue.submit(job_inputs(PICTURE, [PICTURE]), StyleParams(iterations=1), owner="al")
+        queue.submit(job_inputs(PICTURE, [PICTURE]), StyleParams(iterations=1), owner="bo")
+    finally:
+        queue.close()
+
+
+def redis_queue(url: str, **settings) -> RedisQueue:
+    values = {"broker": url, "queue_size": 3, "abandon_after_s": 30.0, **settings}
+    return RedisQueue(ServerSettings(**values), artist_cap=2)
+
+
+def test_the_studio_queue_caps_each_artist_and_the_whole_queue(redis_server, redis_client):
+    queue = redis_queue(redis_server.url)
+    submit = lambda owner: queue.submit(  # noqa: E731
+        job_inputs(PICTURE, [PICTURE]), StyleParams(iterations=1, max_size=64), owner=owner
+    )
+    first = submit("alice")
+    submit("alice")
+    with pytest.raises(ArtistQueueFull):
+        submit("alice")
+    submit("bob")
+    with pytest.raises(QueueFull):
+        submit("bob")
+    assert queue.snapshot(first.id)["progress"]["position"] == 0
+    assert [j["id"] for j in queue.list_jobs("alice")][0] == first.id
+    assert {j["owner"] for j in queue.list_jobs(None)} == {"alice", "bob"}
+    # What travels: JSON and the uploads' own bytes, never a pickle.
+    fields = redis_client.hgetall(job_key(first.id))
+    assert fields[b"params"].startswith(b"{") and fields[b"state"] == b"queued"
+    assert redis_client.hget(job_key(first.id, "in"), "content").startswith(b"\x89PNG")
+    queue.close()
+
+
+def test_an_abandoned_waiting_job_is_cancelled_and_frees_its_place(redis_server, redis_client):
+    queue = redis_queue(redis_server.url, abandon_after_s=0.3)
+    job = queue.submit(job_inputs(PICTURE, [PICTURE]), StyleParams(iterations=1), owner="al")
+    time.sleep(0.5)
+    assert queue.stats()["queued"] == 1  # counted until the next look at the queue
+    queue.submit(job_inputs(PICTURE, [PICTURE]), StyleParams(iterations=1), owner="al")
+    snapshot = queue.snapshot(job.id)
+    assert snapshot["state"] == "cancelled" and "abandoned" in snapshot["error"]
+    queue.close()
+
+
+def test_redis_unreachable_is_broker_unavailable() -> None:
+    queue = redis_queue("redis://127.0.0.1:1/0")
+    with pytest.raises(BrokerUnavailable, match="Redis at 127.0.0.1:1"):
+        queue.snapshot("ab" * 16)
+    assert queue.status == "error"
+
+
+def claim(client, job_id: str, worker_id: str) -> list[str]:
+    script = client.register_script(CLAIM_SCRIPT)
+    keys = [job_key(job_id), QUEUED, job_key(job_id, "preview")]
+    answer = script(keys=keys, args=[worker_id, time.time(), worker_key(""), job_id])
+    return [part.decode() for part in answer]
+
+
+def test_a_job_restarts_once_after_its_worker_died_then_fails(redis_client) -> None:
+    job = "f" * 32
+    redis_client.hset(job_key(job), mapping={"state": "queued", "attempts": 0, "version": 0})
+    assert claim(redis_client, job, "w1") == ["run", "1"]
+    assert redis_client.hget(job_key(job), "state") == b"running"
+    # w1 is alive: another delivery of the message leaves the job to it.
+    redis_client.set(worker_key("w1"), b"1")
+    assert claim(redis_client, job, "w2") == ["busy", "w1"]
+    # w1 died (its key expired): w2 restarts it from the start, attempt 2.
+    redis_client.delete(worker_key("w1"))
+    assert claim(redis_client, job, "w2") == ["run", "2"]
+    # w2 died too: no third run.
+    assert claim(redis_client, job, "w3") == ["died", "w2"]
+    end = redis_client.register_script(END_SCRIPT)
+    keys = [job_key(job), QUEUED, job_key(job, "in")]
+    assert end(keys=keys, args=["failed", "stopped twice", "internal", time.time(), 5, job])
+    assert not end(keys=keys, args=["done", "", "", time.time(), 5, job])  # ends once
+    assert claim(redis_client, job, "w3") == ["ended", JobState.FAILED.value]
+    assert 0 < redis_client.ttl(job_key(job)) <= 5  # finished jobs expire
