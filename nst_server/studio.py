@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -68,6 +69,8 @@ ACTOR_NAME = "run_style_job"
 ACTIVE_TTL_S = 7 * 86400
 #: How often a long poll looks at the job's version (it waits on Redis, not on a thread).
 POLL_INTERVAL_S = 0.05
+#: How often clients' signs of life (requests about a job) are written to Redis.
+TOUCH_INTERVAL_S = 0.25
 
 T = TypeVar("T")
 
@@ -218,13 +221,25 @@ class RedisQueue:
         self.redis = connect(self.url)
         self._broker: Any = None
         self._end = self.redis.register_script(END_SCRIPT)
+        self._touched: set[str] = set()
+        self._touch_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._toucher: threading.Thread | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Nothing runs here: workers are other processes. Redis may be down now (503s)."""
+        """No job runs here (workers are other processes); one thread passes clients' signs of
+        life on to Redis. Redis may be down now: requests get 503 until it is up."""
+        if self._toucher is None:
+            self._toucher = threading.Thread(target=self._flush_touches, name="nst-touch")
+            self._toucher.daemon = True
+            self._toucher.start()
 
     def close(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        if self._toucher is not None:
+            self._toucher.join(timeout)
         self.redis.close()
         if self._broker is not None:
             self._broker.close()
@@ -388,9 +403,13 @@ class RedisQueue:
     def _end_job(self, job_id: str, state: JobState, error: str, code: ErrorCode) -> bool:
         return end_job(self._end, job_id, state, error, code, self.settings.job_ttl_s)
 
-    def _touch(self, pipe: Any, job_id: str) -> None:
+    def _touch(self, pipe: Any, job_id: str, *, only_if_known: bool = False) -> None:
         ttl = self.settings.abandon_after_s
-        pipe.set(job_key(job_id, "seen"), b"1", px=int(ttl * 1000) if ttl > 0 else None)
+        px = int(ttl * 1000) if ttl > 0 else None
+        if only_if_known:  # never make a key for an id a client made up
+            pipe.set(job_key(job_id, "seen"), b"1", px=px, xx=True)
+        else:
+            pipe.set(job_key(job_id, "seen"), b"1", px=px)
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -424,11 +443,24 @@ class RedisQueue:
         return view_of(state) if state is not None else None
 
     def touch(self, job_id: str) -> None:
-        with self._redis():
-            if self.redis.exists(job_key(job_id)):
+        """A sign of life from a client (the HTTP front's I/O thread calls this as a request's
+        headers arrive: it must not wait for Redis); passed on within TOUCH_INTERVAL_S."""
+        with self._touch_lock:
+            self._touched.add(job_id)
+
+    def _flush_touches(self) -> None:
+        while not self._stopping.wait(TOUCH_INTERVAL_S):
+            with self._touch_lock:
+                touched, self._touched = self._touched, set()
+            if not touched:
+                continue
+            try:
                 pipe = self.redis.pipeline()
-                self._touch(pipe, job_id)
+                for job_id in touched:
+                    self._touch(pipe, job_id, only_if_known=True)
                 pipe.execute()
+            except redis.RedisError as exc:
+                log.warning("clients' signs of life not passed on: %s", exc)
 
     def _snapshot(self, state: dict[str, Any]) -> dict[str, Any]:
         position = None
