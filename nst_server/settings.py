@@ -121,7 +121,7 @@ class ServerSettings:
     artist_queue_cap: int = field(
         default=4,
         metadata=_setting(
-            "Jobs one artist may have waiting at once; more get HTTP 429.",
+            "Jobs one artist of --tokens-file may have waiting at once; more get HTTP 429.",
             minimum=1,
             maximum=1000,
             public=True,
