@@ -188,7 +188,8 @@ def markdown(res: dict) -> str:
     lines = [
         "## Studio",
         "",
-        f"`bench/studio.py` ({res['date']}; the 2-core machine was shared with another "
+        f"`bench/studio.py` (throughput {t.get('date', res['date'])}, overhead "
+        f"{o.get('date', res['date'])}; the 2-core machine was shared with another "
         "session's renders and benchmarks, 1-minute load averages "
         f"{min(t['load_1min'] + o['load_1min'])}-{max(t['load_1min'] + o['load_1min'])}). "
         "A redis-server, `nst-server worker` processes and a front on 127.0.0.1.",
@@ -239,6 +240,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument(
+        "--only",
+        choices=("overhead", "throughput"),
+        help="run one section, keeping the other's results from bench/studio-results.json",
+    )
     parser.add_argument("--render", type=Path, help="print the Markdown of a results file")
     args = parser.parse_args()
     out = REPO / "bench" / "studio-results.json"
@@ -246,9 +252,12 @@ def main() -> int:
         print(markdown(json.loads(args.render.read_text())))
         return 0
     folder = Path(tempfile.mkdtemp(prefix="nst-studio-bench-"))
-    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    res["overhead"] = overhead(folder, args.pairs)
-    res["throughput"] = throughput(folder, args.jobs, args.rounds)
+    res = json.loads(out.read_text()) if args.only and out.exists() else {}
+    res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if args.only in (None, "overhead"):
+        res["overhead"] = {"date": res["date"], **overhead(folder, args.pairs)}
+    if args.only in (None, "throughput"):
+        res["throughput"] = {"date": res["date"], **throughput(folder, args.jobs, args.rounds)}
     out.write_text(json.dumps(res, indent=1))
     print(markdown(json.loads(out.read_text())))
     return 0

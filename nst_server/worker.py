@@ -72,6 +72,9 @@ return {'run', tostring(attempts + 1)}
 """
 
 
+#: Longest an idle worker waits between looks at the queue, in milliseconds.
+IDLE_FETCH_MS = 100
+
 #: How long a worker keeps trying to record a job's end while Redis is unreachable.
 RECORD_PATIENCE_S = 600.0
 
@@ -140,7 +143,9 @@ class WorkerProcess:
 
         broker = make_broker(self.settings.broker or "", self.settings)
         dramatiq.actor(self.process, broker=broker, actor_name=ACTOR_NAME, queue_name=QUEUE_NAME)
-        worker = dramatiq.Worker(broker, worker_threads=1)
+        # An idle consumer looks for work at least every IDLE_FETCH_MS (Dramatiq's default
+        # backs off to a second, which a job would wait for half of on average).
+        worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=IDLE_FETCH_MS)
         # One message at a time: a busy worker must not hold the next job while another idles.
         worker.queue_prefetch = 1
         worker.start()

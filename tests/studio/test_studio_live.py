@@ -173,6 +173,18 @@ def test_finish_ends_a_running_job_on_its_worker_with_its_picture(studio: Studio
     assert status == 200 and result_identity(png) == (size, alpha)
 
 
+def test_the_plugins_client_needs_only_the_url_and_the_artists_token(studio: Studio) -> None:
+    studio.front.token = studio.tokens["bob"]
+    try:
+        content, _, _ = identity_content(9)
+        wall, engine = studio.front.timed_job(content, painting(), SMALL)  # nst_client.run_job
+    finally:
+        studio.front.token = studio.tokens["alice"]
+    assert 0 < engine <= wall
+    jobs = get(studio, "bob", "/v1/jobs")[1]["jobs"]
+    assert jobs[-1]["state"] == "done" and jobs[-1]["size"] == [64 + 9, 48 + (9 * 7) % 13]
+
+
 def test_behind_nginx_with_tls(studio: Studio, tmp_path) -> None:
     """install/studio/nginx.conf on 127.0.0.1 with a self-signed certificate for studio.test;
     the front admits that name (--allowed-hosts) and no other."""
