@@ -235,6 +235,21 @@ class RedisQueue:
             self._toucher = threading.Thread(target=self._flush_touches, name="nst-touch")
             self._toucher.daemon = True
             self._toucher.start()
+        self._check_persistence()
+
+    def _check_persistence(self) -> None:
+        """Warn when Redis keeps nothing on disk: its restart would lose every job."""
+        try:
+            aof = self.redis.config_get("appendonly").get(b"appendonly")
+            save = self.redis.config_get("save").get(b"save")
+        except redis.RedisError:  # down (we answer 503 until it is up) or CONFIG disabled
+            return
+        if aof == b"no" and not save:
+            log.warning(
+                "Redis at %s keeps nothing on disk (appendonly no, no save points): if it "
+                "restarts, every queued and finished job is lost; turn on appendonly (README)",
+                self.url.rsplit("@", 1)[-1],
+            )
 
     def close(self, timeout: float = 10.0) -> None:
         self._stopping.set()
