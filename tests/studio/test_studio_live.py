@@ -218,26 +218,35 @@ def test_behind_nginx_with_tls(studio: Studio, tmp_path) -> None:
         proxy.stop()
 
 
-def test_a_worker_that_cannot_use_its_device_takes_no_jobs_and_says_why(studio: Studio) -> None:
-    worker = studio.add_worker("--device", "gpu:0", name="gpu-worker")
+def test_a_worker_without_its_device_or_weights_takes_no_jobs_and_says_why(
+    studio: Studio, tmp_path
+) -> None:
+    missing = tmp_path / "no-such-weights.h5"
+    broken = [
+        studio.add_worker("--device", "gpu:0", name="gpu-worker"),
+        studio.add_worker("--weights", str(missing), name="weightless-worker"),
+    ]
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            listed = [w for w in studio.health()["workers"] if w["status"] == "error"]
-            if listed:
+            failed = {w["device"]: w for w in studio.health()["workers"] if w["status"] == "error"}
+            if len(failed) == 2:
                 break
             time.sleep(0.5)
-        assert listed, studio.health()
-        assert listed[0]["device"] == "gpu:0" and "sees no GPU" in listed[0]["error"]
+        assert len(failed) == 2, studio.health()
+        assert "sees no GPU" in failed["gpu:0"]["error"]
+        assert str(missing) in failed["auto"]["error"]
         assert studio.health()["status"] == "ok"  # the other workers still work
         content, _, _ = identity_content(4)
         job_id = submit(studio, "alice", content, SMALL)
         assert wait_job(studio, "alice", job_id, ("done", "failed"))["state"] == "done"
-        assert "started" not in worker.log_text()
-        assert "takes no jobs" in worker.log_text()
+        for worker in broken:
+            assert "started" not in worker.log_text()
+            assert "takes no jobs" in worker.log_text()
     finally:
-        worker.stop()
-        studio.workers.remove(worker)
+        for worker in broken:
+            worker.stop()
+            studio.workers.remove(worker)
 
 
 def test_queued_jobs_survive_a_front_restart(studio: Studio) -> None:
