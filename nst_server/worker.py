@@ -48,8 +48,9 @@ from nst_server.studio import (
 log = logging.getLogger(__name__)
 
 #: Take a job atomically: KEYS job hash, queued set, preview; ARGV worker id, now, worker key
-#: prefix, job id. A job running on a live worker is left to it ("busy"); one whose worker died
-#: restarts once ("run" with attempt 2), then fails ("died").
+#: prefix, job id, job key prefix. A job running on a live worker is left to it ("busy"); one
+#: whose worker died restarts once ("run" with attempt 2), then fails ("died"). The jobs behind
+#: it in the queue get a new version (their position changed: long polls wake).
 CLAIM_SCRIPT = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'gone', ''} end
@@ -66,7 +67,12 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started', AR
   'attempts', attempts + 1, 'progress', cjson.encode({phase = 'preparing'}))
 redis.call('HDEL', KEYS[1], 'finish', 'preview_step', 'finished_early')
 redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('ZREM', KEYS[2], ARGV[4])
+if redis.call('ZREM', KEYS[2], ARGV[4]) == 1 then
+  -- the jobs behind it moved up: their long polls wake
+  for _, behind in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    redis.call('HINCRBY', ARGV[5] .. behind, 'version', 1)
+  end
+end
 redis.call('DEL', KEYS[3])
 return {'run', tostring(attempts + 1)}
 """
@@ -232,7 +238,7 @@ class WorkerProcess:
 
     def _claim_job(self, job_id: str) -> tuple[str, str]:
         keys = [job_key(job_id), QUEUED, job_key(job_id, "preview")]
-        args = [self.id, repr(time.time()), worker_key(""), job_id]
+        args = [self.id, repr(time.time()), worker_key(""), job_id, job_key("")]
         action, detail = (part.decode() for part in self._claim(keys=keys, args=args))
         return action, detail
 

@@ -134,15 +134,20 @@ def test_redis_unreachable_is_broker_unavailable() -> None:
 def claim(client, job_id: str, worker_id: str) -> list[str]:
     script = client.register_script(CLAIM_SCRIPT)
     keys = [job_key(job_id), QUEUED, job_key(job_id, "preview")]
-    answer = script(keys=keys, args=[worker_id, time.time(), worker_key(""), job_id])
+    args = [worker_id, time.time(), worker_key(""), job_id, job_key("")]
+    answer = script(keys=keys, args=args)
     return [part.decode() for part in answer]
 
 
 def test_a_job_restarts_once_after_its_worker_died_then_fails(redis_client) -> None:
-    job = "f" * 32
-    redis_client.hset(job_key(job), mapping={"state": "queued", "attempts": 0, "version": 0})
+    job, behind = "f" * 32, "e" * 32
+    for queued in (job, behind):
+        redis_client.hset(job_key(queued), mapping={"state": "queued", "version": 0})
+        redis_client.zadd(QUEUED, {queued: time.time()})
     assert claim(redis_client, job, "w1") == ["run", "1"]
     assert redis_client.hget(job_key(job), "state") == b"running"
+    assert redis_client.zrange(QUEUED, 0, -1) == [behind.encode()]
+    assert redis_client.hget(job_key(behind), "version") == b"1"  # its position changed
     # w1 is alive: another delivery of the message leaves the job to it.
     redis_client.set(worker_key("w1"), b"1")
     assert claim(redis_client, job, "w2") == ["busy", "w1"]
