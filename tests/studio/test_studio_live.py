@@ -185,6 +185,16 @@ def test_the_plugins_client_needs_only_the_url_and_the_artists_token(studio: Stu
     assert jobs[-1]["state"] == "done" and jobs[-1]["size"] == [64 + 9, 48 + (9 * 7) % 13]
 
 
+def test_stylize_waits_for_the_worker_and_answers_with_the_picture(studio: Studio) -> None:
+    content, size, alpha = identity_content(10)
+    body, content_type = _form(content, SMALL)
+    status, headers, data = studio.front.request(
+        "POST", "/v1/stylize", body, {"Content-Type": content_type, **studio.auth("bob")}
+    )
+    assert status == 200 and result_identity(data) == (size, alpha)
+    assert get(studio, "alice", f"/v1/jobs/{headers['X-NST-Job-Id']}")[0] == 404
+
+
 def test_behind_nginx_with_tls(studio: Studio, tmp_path) -> None:
     """install/studio/nginx.conf on 127.0.0.1 with a self-signed certificate for studio.test;
     the front admits that name (--allowed-hosts) and no other."""
