@@ -38,6 +38,7 @@ from nst_server.jobmodel import (
     ErrorCode,
     JobInputs,
     JobQueue,
+    JobSnapshot,
     JobState,
     JobView,
     NotRunning,
@@ -64,6 +65,39 @@ FAILURE_STATUS: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.INTERNAL: (500, "job_failed"),  # our bug: see the log
     ErrorCode.CANCELLED: (409, "job_cancelled"),
 }
+
+
+def job_json(snapshot: JobSnapshot, *, with_owner: bool = False) -> dict[str, Any]:
+    """A job as clients read it (GET /v1/jobs/<id>, the OpenAPI file's Job), from either
+    queue's snapshot; ``with_owner`` for an admin's list."""
+    view = snapshot.view
+    progress = dict(view.progress)
+    if snapshot.elapsed_s is not None:
+        progress["elapsed_s"] = round(snapshot.elapsed_s, 3)
+    if view.state == JobState.QUEUED and snapshot.position is not None:
+        progress["position"] = snapshot.position
+    if snapshot.finished_early:
+        progress["finished_early"] = True
+    body = {
+        "id": view.id,
+        "state": view.state.value,
+        "progress": progress,
+        "error": view.error,
+        "error_code": view.error_code.value if view.error_code else None,
+        "created": snapshot.created,
+        "size": list(snapshot.size),
+        "styles": snapshot.styles,
+        "bit_depth": snapshot.bit_depth,
+        "params": snapshot.params,
+        "engine_version": ENGINE_VERSION,
+        "preview": snapshot.preview_step is not None,
+        "preview_step": snapshot.preview_step,
+        "version": snapshot.version,
+    }
+    if with_owner:
+        body["owner"] = view.owner
+    return body
+
 
 #: HTTP status -> the error code clients see, for errors Flask/werkzeug raise themselves.
 _CODES = {
@@ -346,7 +380,8 @@ def list_jobs() -> Response:
     """The caller's jobs, oldest first; an admin's list has everyone's, each with its owner."""
     principal = _principal()
     owner = None if principal.admin else principal.name
-    return jsonify({"jobs": get_queue().list_jobs(owner)})
+    jobs = get_queue().list_jobs(owner)
+    return jsonify({"jobs": [job_json(j, with_owner=principal.admin) for j in jobs]})
 
 
 @bp.get("/jobs/<job_id>")
@@ -370,7 +405,7 @@ def get_job(job_id: str) -> Response:
         snapshot = state.queue.snapshot(job_id)
     if snapshot is None:
         _unknown(job_id)
-    return jsonify(snapshot)
+    return jsonify(job_json(snapshot))
 
 
 @bp.get("/jobs/<job_id>/result")
@@ -415,7 +450,7 @@ def finish_job(job_id: str) -> tuple[Response, int]:
         _fail(409, "finished", f"the job has already ended ({exc.state.value})")
     if snapshot is None:
         _unknown(job.id)
-    return jsonify(snapshot), 202
+    return jsonify(job_json(snapshot)), 202
 
 
 @bp.delete("/jobs/<job_id>")
@@ -425,7 +460,8 @@ def cancel_job(job_id: str) -> tuple[Response, int]:
     if snapshot is None:
         _unknown(job_id)
     # 202: a running job stops within one step, after this answer
-    return jsonify(snapshot), 202 if snapshot["state"] == "running" else 200
+    running = snapshot.view.state == JobState.RUNNING
+    return jsonify(job_json(snapshot)), 202 if running else 200
 
 
 @bp.post("/stylize")

@@ -9,14 +9,12 @@ its answers and exceptions into HTTP. No HTTP, Flask or TensorFlow here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
 import numpy as np
 
-from nst_server.engine import ENGINE_VERSION
 from nst_server.images import DecodedImage, ImageError, ImageInfo, decode_image, mask_from_image
 from nst_server.params import StyleParams
 
@@ -158,7 +156,7 @@ class JobNeeds:
 @dataclass(frozen=True)
 class JobView:
     """What the API needs to know of a job to decide who may see it and what its result
-    request gets (the full JSON view is :meth:`JobQueue.snapshot`)."""
+    request gets (the full view is :meth:`JobQueue.snapshot`)."""
 
     id: str
     owner: str
@@ -168,44 +166,23 @@ class JobView:
     error_code: ErrorCode | None
 
 
-def job_snapshot(
-    view: JobView,
-    *,
-    created: float,
-    size: Sequence[int],
-    styles: int,
-    bit_depth: int,
-    params: dict[str, Any],
-    preview_step: int | None,
-    version: int,
-    position: int | None,
-    elapsed_s: float | None,
-    finished_early: bool,
-) -> dict[str, Any]:
-    """A job as clients read it (GET /v1/jobs/<id>; see the OpenAPI file), for both queues."""
-    progress = dict(view.progress)
-    if elapsed_s is not None:
-        progress["elapsed_s"] = round(elapsed_s, 3)
-    if view.state == JobState.QUEUED and position is not None:
-        progress["position"] = position
-    if finished_early:
-        progress["finished_early"] = True
-    return {
-        "id": view.id,
-        "state": view.state.value,
-        "progress": progress,
-        "error": view.error,
-        "error_code": view.error_code.value if view.error_code else None,
-        "created": created,
-        "size": list(size),
-        "styles": styles,
-        "bit_depth": bit_depth,
-        "params": params,
-        "engine_version": ENGINE_VERSION,
-        "preview": preview_step is not None,
-        "preview_step": preview_step,
-        "version": version,
-    }
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A job at one moment, as both queues report it; the API layer writes it as JSON
+    (``api.job_json``: the wire format). ``position``: jobs ahead while queued;
+    ``elapsed_s``: since it started."""
+
+    view: JobView
+    created: float
+    size: tuple[int, int]
+    styles: int
+    bit_depth: int
+    params: dict[str, Any]
+    preview_step: int | None
+    version: int
+    position: int | None
+    elapsed_s: float | None
+    finished_early: bool
 
 
 class JobQueue(Protocol):
@@ -247,9 +224,9 @@ class JobQueue(Protocol):
 
     def touch(self, job_id: str) -> None: ...
 
-    def snapshot(self, job_id: str, *, touch: bool = True) -> dict[str, Any] | None: ...
+    def snapshot(self, job_id: str, *, touch: bool = True) -> JobSnapshot | None: ...
 
-    def wait_snapshot(self, job_id: str, since: int, timeout: float) -> dict[str, Any] | None: ...
+    def wait_snapshot(self, job_id: str, since: int, timeout: float) -> JobSnapshot | None: ...
 
     def wait_done(self, job_id: str, timeout: float) -> JobView | None:
         """Wait up to ``timeout`` s for the job to end; its view (None: unknown)."""
@@ -261,12 +238,12 @@ class JobQueue(Protocol):
 
     def cancel(
         self, job_id: str, reason: str = "cancelled by the client"
-    ) -> dict[str, Any] | None: ...
+    ) -> JobSnapshot | None: ...
 
-    def finish(self, job_id: str) -> dict[str, Any] | None: ...
+    def finish(self, job_id: str) -> JobSnapshot | None: ...
 
-    def list_jobs(self, owner: str | None) -> list[dict[str, Any]]:
-        """Snapshots of ``owner``'s jobs (None: everyone's, each with its ``owner``)."""
+    def list_jobs(self, owner: str | None) -> list[JobSnapshot]:
+        """Snapshots of ``owner``'s jobs, oldest first (None: everyone's)."""
         ...
 
     def stats(self) -> dict[str, Any]: ...

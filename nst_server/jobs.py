@@ -43,6 +43,7 @@ from nst_server.jobmodel import (  # noqa: F401 - re-exported: the names clients
     JobInputs,
     JobNeeds,
     JobQueue,
+    JobSnapshot,
     JobState,
     JobView,
     NotRunning,
@@ -50,7 +51,6 @@ from nst_server.jobmodel import (  # noqa: F401 - re-exported: the names clients
     Upload,
     decode_inputs,
     job_needs,
-    job_snapshot,
     preview_bound,
     result_png_bound,
 )
@@ -247,7 +247,7 @@ class LocalQueue:
         """A client asked about the job (e.g. its request is waiting for a thread)."""
         self.get(job_id)
 
-    def snapshot(self, job_id: str, *, touch: bool = True) -> dict[str, Any] | None:
+    def snapshot(self, job_id: str, *, touch: bool = True) -> JobSnapshot | None:
         """A JSON-ready view of the job (see the OpenAPI file), or None if unknown."""
         with self._lock:
             job = self._jobs.get(job_id)
@@ -257,7 +257,7 @@ class LocalQueue:
                 job.last_seen = time.monotonic()
             return self._snapshot(job)
 
-    def wait_snapshot(self, job_id: str, since: int, timeout: float) -> dict[str, Any] | None:
+    def wait_snapshot(self, job_id: str, since: int, timeout: float) -> JobSnapshot | None:
         """Like ``snapshot``, but first wait up to ``timeout`` s for the job's version to pass
         ``since`` (a long poll). A change of state (started, finished) is answered at once, so
         the client hears of the end without delay; progress alone at most every
@@ -285,7 +285,7 @@ class LocalQueue:
                 until = min(deadline, began + LONG_POLL_GAP_S) if changed else deadline
                 self._changed.wait(until - now)
 
-    def cancel(self, job_id: str, reason: str = "cancelled by the client") -> dict[str, Any] | None:
+    def cancel(self, job_id: str, reason: str = "cancelled by the client") -> JobSnapshot | None:
         """Cancel a job: a queued one is dropped now, a running one stops within one step.
 
         Finished jobs are left as they are. Returns the snapshot, or None if unknown.
@@ -297,7 +297,7 @@ class LocalQueue:
             self._cancel_locked(job, reason)
             return self._snapshot(job)
 
-    def finish(self, job_id: str) -> dict[str, Any] | None:
+    def finish(self, job_id: str) -> JobSnapshot | None:
         """Ask a running job to stop after its current step, its picture so far the result.
 
         Raises :class:`NotRunning` for a queued or finished job; None if unknown."""
@@ -344,13 +344,11 @@ class LocalQueue:
         job = self.get(job_id)
         return job.result if job is not None and job.state == JobState.DONE else None
 
-    def list_jobs(self, owner: str | None) -> list[dict[str, Any]]:
+    def list_jobs(self, owner: str | None) -> list[JobSnapshot]:
         with self._lock:
             jobs = [j for j in self._jobs.values() if owner is None or j.owner == owner]
             jobs.sort(key=lambda j: j.created)
-            return [
-                {**self._snapshot(j), **({"owner": j.owner} if owner is None else {})} for j in jobs
-            ]
+            return [self._snapshot(j) for j in jobs]
 
     def health(self) -> dict[str, Any]:
         engine = self.engine
@@ -380,7 +378,7 @@ class LocalQueue:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _snapshot(self, job: Job) -> dict[str, Any]:
+    def _snapshot(self, job: Job) -> JobSnapshot:
         position = None
         if job.state == JobState.QUEUED:
             position = next((i for i, waiting in enumerate(self._waiting) if waiting is job), 0)
@@ -388,10 +386,10 @@ class LocalQueue:
         if job.started is not None:
             elapsed = (job.finished or time.monotonic()) - job.started
         has_preview = job._preview is not None
-        return job_snapshot(
+        return JobSnapshot(
             JobView(job.id, job.owner, job.state, job.progress, job.error, job.error_code),
             created=job.created,
-            size=job.size,
+            size=tuple(job.size),
             styles=job.n_styles,
             bit_depth=job.bit_depth,
             params=job.params.to_dict(),

@@ -48,11 +48,11 @@ from nst_server.jobmodel import (
     ErrorCode,
     JobInputs,
     JobNeeds,
+    JobSnapshot,
     JobState,
     JobView,
     NotRunning,
     QueueFull,
-    job_snapshot,
 )
 from nst_server.params import StyleParams
 from nst_server.settings import ServerSettings
@@ -428,7 +428,7 @@ class RedisQueue:
 
     # --- reading --------------------------------------------------------------------------------
 
-    def _state(self, job_id: str, *, touch: bool) -> dict[str, Any] | None:
+    def _state(self, job_id: str, *, touch: bool) -> JobSnapshot | None:
         if not job_id.isalnum() or len(job_id) > 64:
             return None
         with self._redis():
@@ -477,7 +477,7 @@ class RedisQueue:
             except redis.RedisError as exc:
                 log.warning("clients' signs of life not passed on: %s", exc)
 
-    def _snapshot(self, state: dict[str, Any]) -> dict[str, Any]:
+    def _snapshot(self, state: dict[str, Any]) -> JobSnapshot:
         position = None
         if state["state"] == JobState.QUEUED:
             with self._redis():
@@ -486,10 +486,10 @@ class RedisQueue:
         elapsed = None
         if state["started"] is not None:
             elapsed = (state["finished"] or time.time()) - state["started"]
-        return job_snapshot(
+        return JobSnapshot(
             view_of(state),
             created=state["created"],
-            size=state["size"],
+            size=tuple(state["size"]),
             styles=state["styles"],
             bit_depth=state["bit_depth"],
             params=state["params"],
@@ -500,11 +500,11 @@ class RedisQueue:
             finished_early=state["finished_early"],
         )
 
-    def snapshot(self, job_id: str, *, touch: bool = True) -> dict[str, Any] | None:
+    def snapshot(self, job_id: str, *, touch: bool = True) -> JobSnapshot | None:
         state = self._state(job_id, touch=touch)
         return self._snapshot(state) if state is not None else None
 
-    def wait_snapshot(self, job_id: str, since: int, timeout: float) -> dict[str, Any] | None:
+    def wait_snapshot(self, job_id: str, since: int, timeout: float) -> JobSnapshot | None:
         """A long poll, as the in-process queue's: a change of state at once, progress at
         most every LONG_POLL_GAP_S; the version is read from Redis every POLL_INTERVAL_S."""
         began = time.monotonic()
@@ -551,7 +551,7 @@ class RedisQueue:
             image.save(out, "PNG", compress_level=PNG_LEVEL)
             return out.getvalue()
 
-    def list_jobs(self, owner: str | None) -> list[dict[str, Any]]:
+    def list_jobs(self, owner: str | None) -> list[JobSnapshot]:
         with self._redis():
             ids = [i.decode() for i in self.redis.zrange(ALL_JOBS, 0, -1)]
         out = []
@@ -561,15 +561,12 @@ class RedisQueue:
                 self._call(lambda job_id=job_id: self.redis.zrem(ALL_JOBS, job_id))
                 continue
             if owner is None or state["owner"] == owner:
-                snapshot = self._snapshot(state)
-                if owner is None:
-                    snapshot["owner"] = state["owner"]
-                out.append(snapshot)
+                out.append(self._snapshot(state))
         return out
 
     # --- control --------------------------------------------------------------------------------
 
-    def cancel(self, job_id: str, reason: str = "cancelled by the client") -> dict[str, Any] | None:
+    def cancel(self, job_id: str, reason: str = "cancelled by the client") -> JobSnapshot | None:
         """A waiting job ends now; a running one is marked and its worker stops within a step."""
         state = self._state(job_id, touch=True)
         if state is None:
@@ -585,7 +582,7 @@ class RedisQueue:
                 log.info("job %s %s (while running)", job_id, reason)
         return self.snapshot(job_id)
 
-    def finish(self, job_id: str) -> dict[str, Any] | None:
+    def finish(self, job_id: str) -> JobSnapshot | None:
         state = self._state(job_id, touch=True)
         if state is None:
             return None

@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
-from nst_server.api import create_app
+from nst_server.api import create_app, job_json
 from nst_server.auth import Authenticator
 from nst_server.images import encode_png, inspect_image
 from nst_server.jobs import JobInputs, Upload
@@ -114,3 +114,8 @@ def job_inputs(
         tuple(upload(s, "style") for s in styles),
         mask_upload,
     )
+
+
+def as_json(snapshot):  # noqa: ANN001, ANN201 - a JobSnapshot or None -> what clients read
+    """A queue's snapshot as GET /v1/jobs/<id> answers it (None stays None)."""
+    return None if snapshot is None else job_json(snapshot)

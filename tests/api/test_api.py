@@ -15,7 +15,7 @@ import nst_server
 from nst_server.api import get_queue
 from nst_server.params import StyleParams
 from nst_server.settings import ServerSettings
-from tests.api.helpers import TEST_TOKEN, make_test_app, png_bytes, raw_png, rgb_image
+from tests.api.helpers import TEST_TOKEN, as_json, make_test_app, png_bytes, raw_png, rgb_image
 from tests.fake_engine import FakeEngine, wait_for
 
 PNG = png_bytes(rgb_image(40, 32))
@@ -271,7 +271,7 @@ def test_abandoned_job_is_cancelled(make_app) -> None:
     client = make_app(engine, abandon_after_s=0.3).test_client()
     job_id = post_job(client, params={"iterations": 5000}).get_json()["id"]
     queue = get_queue(client.application)
-    wait_for(lambda: queue.snapshot(job_id, touch=False)["state"] == "cancelled", 3)
+    wait_for(lambda: as_json(queue.snapshot(job_id, touch=False))["state"] == "cancelled", 3)
     body = client.get(f"/v1/jobs/{job_id}").get_json()
     assert "abandoned" in body["error"]
 
@@ -327,7 +327,7 @@ def test_stylize_cancels_its_job_when_the_client_disconnects(make_app) -> None:
     job_id = response.headers["X-NST-Job-Id"]
     queue = get_queue(client.application)
     wait_for(lambda: queue.stats()["running"] == 0, 3, "worker freed")
-    body = queue.snapshot(job_id)
+    body = as_json(queue.snapshot(job_id))
     assert body["state"] == "cancelled" and "disconnected" in body["error"]
     assert engine.steps_done < 100
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from nst_server.jobs import LocalQueue, QueueFull
 from nst_server.params import StyleParams
-from tests.api.helpers import job_inputs
+from tests.api.helpers import as_json, job_inputs
 from tests.fake_engine import FakeEngine, wait_for
 
 CONTENT = np.full((12, 16, 3), 0.25, np.float32)
@@ -42,7 +42,7 @@ def make_queue():
 
 
 def finished(queue: LocalQueue, job_id: str):
-    snap = queue.snapshot(job_id)
+    snap = as_json(queue.snapshot(job_id))
     return snap if snap and snap["state"] in ("done", "failed", "cancelled") else None
 
 
@@ -91,11 +91,11 @@ def test_queued_jobs_report_their_position_and_a_full_queue_refuses(make_queue) 
     engine = FakeEngine(step_s=0.05)
     queue = make_queue(engine, capacity=2)
     running = queue.submit(job_inputs(CONTENT, [STYLE]), params(100))
-    wait_for(lambda: queue.snapshot(running.id)["state"] == "running")
+    wait_for(lambda: as_json(queue.snapshot(running.id))["state"] == "running")
     first = queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
     second = queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
-    assert queue.snapshot(second.id)["progress"] == {"phase": "queued", "position": 1}
-    assert queue.snapshot(first.id)["progress"]["position"] == 0
+    assert as_json(queue.snapshot(second.id))["progress"] == {"phase": "queued", "position": 1}
+    assert as_json(queue.snapshot(first.id))["progress"]["position"] == 0
     assert queue.stats() == {"queued": 2, "running": 1, "capacity": 2}
     with pytest.raises(QueueFull, match="2 job"):
         queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
@@ -106,7 +106,7 @@ def test_cancelling_a_running_job_stops_it_within_a_step_and_frees_the_worker(ma
     queue = make_queue(engine)
     job = queue.submit(job_inputs(CONTENT, [STYLE]), params(5000))
     wait_for(lambda: engine.steps_done >= 2, what="job running")
-    assert queue.cancel(job.id)["state"] == "running"  # asked; stops at the next step
+    assert as_json(queue.cancel(job.id))["state"] == "running"  # asked; stops at the next step
     snap = wait_for(lambda: finished(queue, job.id))
     assert snap["state"] == "cancelled" and "cancelled by the client" in snap["error"]
     assert engine.steps_done < 50
@@ -119,11 +119,11 @@ def test_cancelling_a_queued_job_removes_it_without_running(make_queue) -> None:
     engine = FakeEngine(step_s=0.02)
     queue = make_queue(engine)
     blocker = queue.submit(job_inputs(CONTENT, [STYLE]), params(5000))
-    wait_for(lambda: queue.snapshot(blocker.id)["state"] == "running")
+    wait_for(lambda: as_json(queue.snapshot(blocker.id))["state"] == "running")
     waiting = queue.submit(job_inputs(CONTENT, [STYLE]), params(3))
-    snap = queue.cancel(waiting.id)
+    snap = as_json(queue.cancel(waiting.id))
     assert snap["state"] == "cancelled" and queue.stats()["queued"] == 0
-    queue.cancel(blocker.id)
+    as_json(queue.cancel(blocker.id))
     wait_for(lambda: finished(queue, blocker.id))
     time.sleep(0.05)
     assert len(engine.calls) == 1  # only the blocker ever reached the engine
@@ -133,8 +133,8 @@ def test_cancel_of_a_finished_job_leaves_it_done(make_queue) -> None:
     queue = make_queue(FakeEngine())
     job = queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
     wait_for(lambda: finished(queue, job.id))
-    assert queue.cancel(job.id)["state"] == "done"
-    assert queue.cancel("0" * 32) is None
+    assert as_json(queue.cancel(job.id))["state"] == "done"
+    assert as_json(queue.cancel("0" * 32)) is None
 
 
 def test_abandoned_running_and_queued_jobs_are_cancelled(make_queue) -> None:
@@ -143,9 +143,9 @@ def test_abandoned_running_and_queued_jobs_are_cancelled(make_queue) -> None:
     running = queue.submit(job_inputs(CONTENT, [STYLE]), params(5000))
     waiting = queue.submit(job_inputs(CONTENT, [STYLE]), params(5))
     # Nobody polls: both are cancelled; the running one within a step.
-    wait_for(lambda: queue.snapshot(waiting.id, touch=False)["state"] == "cancelled", 3)
-    wait_for(lambda: queue.snapshot(running.id, touch=False)["state"] == "cancelled", 3)
-    assert "abandoned" in queue.snapshot(running.id)["error"]
+    wait_for(lambda: as_json(queue.snapshot(waiting.id, touch=False))["state"] == "cancelled", 3)
+    wait_for(lambda: as_json(queue.snapshot(running.id, touch=False))["state"] == "cancelled", 3)
+    assert "abandoned" in as_json(queue.snapshot(running.id))["error"]
     assert len(engine.calls) == 1
 
 
@@ -249,7 +249,7 @@ def test_preview_is_a_png_of_the_latest_iterate_at_the_size_asked(make_queue) ->
     big = np.zeros((300, 600, 3), np.float32)
     job = queue.submit(job_inputs(big, [STYLE]), params(2))
     assert engine.reached.wait(5)
-    assert queue.snapshot(job.id)["preview_step"] == 1
+    assert as_json(queue.snapshot(job.id))["preview_step"] == 1
     png = queue.preview_png(job.id)
     with Image.open(io.BytesIO(png)) as image:
         assert image.size == (256, 128)  # the default: 256 px on the longer side
@@ -270,7 +270,7 @@ def test_no_preview_before_the_first_step(make_queue) -> None:
     blocker = queue.submit(job_inputs(CONTENT, [STYLE]), params(5000))
     waiting = queue.submit(job_inputs(CONTENT, [STYLE]), params(1))
     assert queue.preview_png(waiting.id) is None
-    queue.cancel(blocker.id)
+    as_json(queue.cancel(blocker.id))
 
 
 def test_finished_jobs_are_forgotten_after_the_ttl(make_queue) -> None:
@@ -321,7 +321,8 @@ def test_finished_jobs_beyond_the_limit_are_forgotten_oldest_first(make_queue) -
     for _ in range(5):
         jobs.append(queue.submit(job_inputs(CONTENT, [STYLE]), params(1)))
         wait_for(lambda: finished(queue, jobs[-1].id))
-    assert [queue.snapshot(j.id) is None for j in jobs] == [True, True, False, False, False]
+    forgotten = [queue.snapshot(j.id) is None for j in jobs]
+    assert forgotten == [True, True, False, False, False]
     assert queue.budget.used() == sum(len(j.result) for j in jobs[2:])  # results, nothing else
 
 
@@ -331,22 +332,22 @@ def test_a_long_poll_answers_at_the_next_change_not_at_its_timeout(make_queue) -
     queue = make_queue(engine)
     job = queue.submit(job_inputs(CONTENT, [STYLE]), params(3))
     assert engine.reached.wait(5)
-    seen = queue.snapshot(job.id)
+    seen = as_json(queue.snapshot(job.id))
     started = time.monotonic()
     # Nothing changes while the job is held: the poll waits its full timeout.
-    same = queue.wait_snapshot(job.id, seen["version"], 0.3)
+    same = as_json(queue.wait_snapshot(job.id, seen["version"], 0.3))
     assert same["version"] == seen["version"] and time.monotonic() - started >= 0.29
     threading.Timer(0.2, engine.release).start()
     started = time.monotonic()
-    changed = queue.wait_snapshot(job.id, seen["version"], 5.0)
+    changed = as_json(queue.wait_snapshot(job.id, seen["version"], 5.0))
     waited = time.monotonic() - started
     assert changed["version"] > seen["version"] and 0.15 < waited < 2.0
     final = wait_for(lambda: finished(queue, job.id))
     # A finished job's version no longer moves, so a stale 'since' answers at once.
     started = time.monotonic()
-    assert queue.wait_snapshot(job.id, seen["version"], 5.0)["state"] == "done"
+    assert as_json(queue.wait_snapshot(job.id, seen["version"], 5.0))["state"] == "done"
     assert time.monotonic() - started < 0.5
-    assert queue.wait_snapshot("no-such-job", 0, 0.1) is None
+    assert as_json(queue.wait_snapshot("no-such-job", 0, 0.1)) is None
     assert final["version"] >= seen["version"] + 3  # steps 2, 3, encoding, done
 
 
@@ -358,7 +359,7 @@ def test_long_polls_pace_progress_but_answer_the_end_at_once(make_queue) -> None
     version, answers = -1, []
     while True:
         started = time.monotonic()
-        snap = queue.wait_snapshot(job.id, version, 5.0)
+        snap = as_json(queue.wait_snapshot(job.id, version, 5.0))
         answers.append((time.monotonic() - started, snap["state"]))
         version = snap["version"]
         if snap["state"] in ("done", "failed", "cancelled"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nst_server.jobs import LocalQueue
 from nst_server.params import StyleParams
-from tests.api.helpers import job_inputs
+from tests.api.helpers import as_json, job_inputs
 from tests.conftest import synthetic_painting, synthetic_photo
 from tests.fake_engine import wait_for
 
@@ -20,7 +20,7 @@ def test_a_snapshot_tells_the_processing_size_and_the_results_so_the_enlargement
         seen: list[dict] = []
 
         def done() -> dict | None:
-            snap = queue.snapshot(job.id)
+            snap = as_json(queue.snapshot(job.id))
             if snap and "size" in snap["progress"]:
                 seen.append(dict(snap["progress"]))
             return snap if snap and snap["state"] in ("done", "failed") else None

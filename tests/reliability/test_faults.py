@@ -20,7 +20,7 @@ import nst_server.runner as jobs_module
 from nst_server.api import get_queue
 from nst_server.jobs import LocalQueue
 from nst_server.params import StyleParams
-from tests.api.helpers import TEST_TOKEN, job_inputs, make_test_app
+from tests.api.helpers import TEST_TOKEN, as_json, job_inputs, make_test_app
 from tests.fake_engine import FakeEngine, wait_for
 from tests.live_server import multipart
 from tests.reliability.helpers import gradient, painting, png
@@ -34,7 +34,7 @@ def params(iterations: int) -> StyleParams:
 
 
 def final(queue: LocalQueue, job_id: str) -> dict | None:
-    snap = queue.snapshot(job_id)
+    snap = as_json(queue.snapshot(job_id))
     return snap if snap and snap["state"] in ("done", "failed", "cancelled") else None
 
 
@@ -72,8 +72,8 @@ def test_cancel_while_queued(queue_of) -> None:
     first = queue.submit(job_inputs(CONTENT, [STYLE]), params(2))
     assert engine.reached.wait(5)
     second = queue.submit(job_inputs(CONTENT, [STYLE]), params(2))
-    assert queue.snapshot(second.id)["progress"]["phase"] == "queued"
-    snap = queue.cancel(second.id)
+    assert as_json(queue.snapshot(second.id))["progress"]["phase"] == "queued"
+    snap = as_json(queue.cancel(second.id))
     assert snap["state"] == "cancelled"  # at once: it never reaches the worker
     engine.release()
     # the other job is unharmed
@@ -89,8 +89,8 @@ def test_cancel_while_loading(queue_of) -> None:
     engine.hold("loading")
     job = queue.submit(job_inputs(CONTENT, [STYLE]), params(50))
     assert engine.reached.wait(5)
-    assert queue.snapshot(job.id)["progress"]["phase"] == "loading"
-    queue.cancel(job.id)
+    assert as_json(queue.snapshot(job.id))["progress"]["phase"] == "loading"
+    as_json(queue.cancel(job.id))
     engine.release()
     snap = wait_for(lambda: final(queue, job.id), 10)
     assert snap["state"] == "cancelled" and snap["error"] == "cancelled by the client"
@@ -105,9 +105,9 @@ def test_cancel_while_preparing_or_optimising_stops_within_one_step(queue_of, ph
     engine.hold(phase)
     job = queue.submit(job_inputs(CONTENT, [STYLE]), params(1000))
     assert engine.reached.wait(5)
-    wait_for(lambda: queue.snapshot(job.id)["progress"]["phase"] == phase, 5, phase)
+    wait_for(lambda: as_json(queue.snapshot(job.id))["progress"]["phase"] == phase, 5, phase)
     steps_at_cancel = engine.steps_done
-    queue.cancel(job.id)
+    as_json(queue.cancel(job.id))
     engine.release()
     snap = wait_for(lambda: final(queue, job.id), 10)
     assert snap["state"] == "cancelled"
@@ -129,8 +129,8 @@ def test_cancel_while_encoding_discards_the_result(queue_of, monkeypatch) -> Non
     monkeypatch.setattr(jobs_module, "encode_png", slow_encode)
     job = queue.submit(job_inputs(CONTENT, [STYLE]), params(2))
     assert reached.wait(5)
-    assert queue.snapshot(job.id)["progress"]["phase"] == "encoding"
-    queue.cancel(job.id)
+    assert as_json(queue.snapshot(job.id))["progress"]["phase"] == "encoding"
+    as_json(queue.cancel(job.id))
     gate.set()
     snap = wait_for(lambda: final(queue, job.id), 10)
     assert snap["state"] == "cancelled" and job.result is None
@@ -147,7 +147,7 @@ def test_a_client_that_stops_polling_is_cancelled_and_frees_the_worker(queue_of)
     job = queue.submit(job_inputs(CONTENT, [STYLE]), params(5000))
     started = time.monotonic()
     wait_for(lambda: queue.stats()["running"] == 0 and final(queue, job.id), 10, "abandonment")
-    snap = queue.snapshot(job.id, touch=False)
+    snap = as_json(queue.snapshot(job.id, touch=False))
     assert snap["state"] == "cancelled" and "abandoned" in snap["error"]
     assert time.monotonic() - started < 0.3 + 2.0  # abandon time + housekeeping tick + a step
     assert_worker_free(queue, engine)
@@ -162,8 +162,8 @@ def test_a_polling_client_is_not_cancelled_while_another_walks_away(queue_of) ->
     while not final(queue, kept.id):  # snapshot() touches: this client keeps polling
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert queue.snapshot(walker.id, touch=False)["state"] == "cancelled"
-    assert queue.snapshot(kept.id)["state"] == "done"
+    assert as_json(queue.snapshot(walker.id, touch=False))["state"] == "cancelled"
+    assert as_json(queue.snapshot(kept.id))["state"] == "done"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from nst_server.api import get_queue
 from nst_server.front import create_front
 from nst_server.server import headers_hook
 from nst_server.settings import ServerSettings
-from tests.api.helpers import TEST_TOKEN, job_inputs, make_test_app
+from tests.api.helpers import TEST_TOKEN, as_json, job_inputs, make_test_app
 from tests.fake_engine import FakeEngine, wait_for
 from tests.reliability.test_faults import CONTENT, STYLE, params
 
@@ -98,11 +98,11 @@ def test_a_poll_waiting_for_a_thread_keeps_its_job_alive(front, hook: bool) -> N
         assert b"slept" in answer(sock)
     for sock in polls:
         assert answer(sock).startswith(b"HTTP/1.1 200")
-    snapshot = queue.snapshot(job.id)
+    snapshot = as_json(queue.snapshot(job.id))
     engine.release()
     if hook:
         assert snapshot["state"] == "running", snapshot
-        assert wait_for(lambda: queue.snapshot(job.id)["state"] == "done", 5)
+        assert wait_for(lambda: as_json(queue.snapshot(job.id))["state"] == "done", 5)
     else:  # the control: the same client, taken for gone
         assert "abandoned" in (snapshot["error"] or ""), snapshot
 

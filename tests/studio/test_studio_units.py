@@ -16,7 +16,7 @@ from nst_server.params import StyleParams
 from nst_server.settings import ServerSettings
 from nst_server.studio import END_SCRIPT, QUEUED, RedisQueue, job_key, worker_key
 from nst_server.worker import CLAIM_SCRIPT
-from tests.api.helpers import job_inputs
+from tests.api.helpers import as_json, job_inputs
 from tests.fake_engine import FakeEngine
 from tests.studio.cluster import RedisServer
 
@@ -103,9 +103,9 @@ def test_the_studio_queue_caps_each_artist_and_the_whole_queue(redis_server, red
     submit("bob")
     with pytest.raises(QueueFull):
         submit("bob")
-    assert queue.snapshot(first.id)["progress"]["position"] == 0
-    assert [j["id"] for j in queue.list_jobs("alice")][0] == first.id
-    assert {j["owner"] for j in queue.list_jobs(None)} == {"alice", "bob"}
+    assert as_json(queue.snapshot(first.id))["progress"]["position"] == 0
+    assert [j.view.id for j in queue.list_jobs("alice")][0] == first.id
+    assert {j.view.owner for j in queue.list_jobs(None)} == {"alice", "bob"}
     # What travels: JSON and the uploads' own bytes, never a pickle.
     fields = redis_client.hgetall(job_key(first.id))
     assert fields[b"params"].startswith(b"{") and fields[b"state"] == b"queued"
@@ -119,7 +119,7 @@ def test_an_abandoned_waiting_job_is_cancelled_and_frees_its_place(redis_server,
     time.sleep(0.5)
     assert queue.stats()["queued"] == 1  # counted until the next look at the queue
     queue.submit(job_inputs(PICTURE, [PICTURE]), StyleParams(iterations=1), owner="al")
-    snapshot = queue.snapshot(job.id)
+    snapshot = as_json(queue.snapshot(job.id))
     assert snapshot["state"] == "cancelled" and "abandoned" in snapshot["error"]
     queue.close()
 
@@ -127,7 +127,7 @@ def test_an_abandoned_waiting_job_is_cancelled_and_frees_its_place(redis_server,
 def test_redis_unreachable_is_broker_unavailable() -> None:
     queue = redis_queue("redis://127.0.0.1:1/0")
     with pytest.raises(BrokerUnavailable, match="Redis at 127.0.0.1:1"):
-        queue.snapshot("ab" * 16)
+        as_json(queue.snapshot("ab" * 16))
     assert queue.status == "error"
 
 
