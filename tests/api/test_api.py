@@ -143,6 +143,17 @@ def test_create_poll_result(client, fake_engine) -> None:
     assert_error(client.get(f"/v1/jobs/{job_id}/preview"), 409, "no_preview", "done")
 
 
+def test_jobs_lists_the_jobs_oldest_first(client, fake_engine) -> None:
+    ids = [post_job(client, params={"iterations": 1}).get_json()["id"] for _ in range(2)]
+    for job_id in ids:
+        wait_done(client, job_id)
+    listed = client.get("/v1/jobs").get_json()["jobs"]
+    assert [j["id"] for j in listed] == ids
+    # the per-install token is the owner of everything, an admin: the list names owners
+    assert {j["owner"] for j in listed} == {"owner"} and listed[0]["state"] == "done"
+    assert listed[0] == {**wait_done(client, ids[0]), "owner": "owner"}
+
+
 def test_several_styles_and_a_mask_are_accepted(client, fake_engine) -> None:
     response = post_job(
         client,
