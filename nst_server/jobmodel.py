@@ -48,6 +48,11 @@ LONG_POLL_GAP_S = 0.2
 PREVIEW_SIZE = 256
 
 
+def abandoned_message(abandon_after_s: float) -> str:
+    """The error of a job cancelled because no client asked about it for ``abandon_after_s``."""
+    return f"cancelled: no client asked about this job for {abandon_after_s:g} s (abandoned)"
+
+
 class QueueFull(Exception):  # noqa: N818 - reads better at the call site than QueueFullError
     """The queue already holds ``capacity`` waiting jobs."""
 

@@ -49,6 +49,7 @@ from nst_server.jobmodel import (  # noqa: F401 - re-exported: the names clients
     NotRunning,
     QueueFull,
     Upload,
+    abandoned_message,
     decode_inputs,
     job_needs,
     preview_bound,
@@ -400,6 +401,18 @@ class LocalQueue:
             finished_early=job.finished_early,
         )
 
+    def _cancel_abandoned_locked(self, jobs: list[Job]) -> None:
+        """Cancel those of ``jobs`` nobody asked about for ``abandon_after_s`` (lock held)."""
+        if self.abandon_after_s <= 0:
+            return
+        now = time.monotonic()
+        for job in jobs:
+            if (
+                job.state in (JobState.QUEUED, JobState.RUNNING)
+                and now - job.last_seen > self.abandon_after_s
+            ):
+                self._cancel_locked(job, abandoned_message(self.abandon_after_s))
+
     def _cancel_locked(self, job: Job, reason: str) -> None:
         if job.state == JobState.QUEUED:
             self._waiting.remove(job)  # a queued job is always in the deque (lock held)
@@ -447,6 +460,8 @@ class LocalQueue:
                     self._wake.wait(self._tick_s)
                 if self._stopping:
                     return
+                # Between the housekeeper's ticks a job may have been abandoned: never start it.
+                self._cancel_abandoned_locked(list(self._waiting))
                 job = self._waiting.popleft() if self._waiting else None
                 if job is not None:
                     job.state = JobState.RUNNING
@@ -548,17 +563,7 @@ class LocalQueue:
                 if self._stopping:
                     return
                 now = time.monotonic()
-                if self.abandon_after_s > 0:
-                    for job in list(self._jobs.values()):
-                        if (
-                            job.state in (JobState.QUEUED, JobState.RUNNING)
-                            and now - job.last_seen > self.abandon_after_s
-                        ):
-                            self._cancel_locked(
-                                job,
-                                f"cancelled: no client asked about this job for "
-                                f"{self.abandon_after_s:g} s (abandoned)",
-                            )
+                self._cancel_abandoned_locked(list(self._jobs.values()))
                 for job in list(self._jobs.values()):
                     if job.finished is not None and now - job.finished > self.ttl_s:
                         self._forget(job)

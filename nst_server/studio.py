@@ -53,6 +53,7 @@ from nst_server.jobmodel import (
     JobView,
     NotRunning,
     QueueFull,
+    abandoned_message,
 )
 from nst_server.params import StyleParams
 from nst_server.settings import ServerSettings
@@ -410,10 +411,7 @@ class RedisQueue:
         return out
 
     def _abandoned(self) -> str:
-        return (
-            f"cancelled: no client asked about this job for "
-            f"{self.settings.abandon_after_s:g} s (abandoned)"
-        )
+        return abandoned_message(self.settings.abandon_after_s)
 
     def _end_job(self, job_id: str, state: JobState, error: str, code: ErrorCode) -> bool:
         return end_job(self._end, job_id, state, error, code, self.settings.job_ttl_s)

@@ -28,7 +28,14 @@ import redis
 
 from nst_server.engine.planning import plan_job
 from nst_server.images import ImageError, inspect_image, thumbnail_png
-from nst_server.jobmodel import ErrorCode, JobInputs, JobState, Upload, job_needs
+from nst_server.jobmodel import (
+    ErrorCode,
+    JobInputs,
+    JobState,
+    Upload,
+    abandoned_message,
+    job_needs,
+)
 from nst_server.params import StyleParams
 from nst_server.runner import EngineHost, Outcome, run_job
 from nst_server.settings import ServerSettings
@@ -364,8 +371,7 @@ class _RedisControl:
         self._finish = finish is not None
         abandon = self.worker.settings.abandon_after_s
         if cancel is None and not seen and abandon > 0:
-            reason = f"cancelled: no client asked about this job for {abandon:g} s (abandoned)"
-            self.redis.hsetnx(self.key, "cancel", reason)
+            self.redis.hsetnx(self.key, "cancel", abandoned_message(abandon))
             log.info("job %s abandoned", self.job_id)
             return True
         return cancel is not None
