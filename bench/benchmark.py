@@ -1479,6 +1479,10 @@ SECTIONS = (
 )
 
 
+#: The fields of ``Results`` a section fills, where they are not just the section's name.
+SECTION_FIELDS = {"edits": ("edits", "overhead"), "variants": ("variants", "optimisers")}
+
+
 def run(
     cfg: Config, quick: bool, only: Sequence[str] = SECTIONS, base: Results | None = None
 ) -> Results:
@@ -1506,12 +1510,15 @@ def run(
     for name in SECTIONS:
         if name not in only:
             continue
+        for filled in SECTION_FIELDS.get(name, (name,)):  # a merged run's old figures go
+            setattr(res, filled, type(getattr(res, filled))())
         if name in with_engine:
             with_engine[name](res, cfg, engine, content, style)
         else:
             alone[name](res, cfg)
         res.measured[name] = time.strftime("%Y-%m-%d %H:%M")
-    res.wall_s = time.perf_counter() - started
+    if base is None:  # a merged run keeps the first run's duration (its sections are dated)
+        res.wall_s = time.perf_counter() - started
     return res
 
 

@@ -179,12 +179,16 @@ def _label(img: Image.Image, text: str) -> Image.Image:
     return img
 
 
-def _tile(path: Path, label: str, height: int = HEIGHT) -> Image.Image | None:
+def _plain_tile(path: Path, height: int = 300) -> Image.Image | None:
     if not path.exists():
         return None
     img = Image.open(path).convert("RGB")
-    img = img.resize((round(img.width * height / img.height), height), Image.Resampling.LANCZOS)
-    return _label(img, label)
+    return img.resize((round(img.width * height / img.height), height), Image.Resampling.LANCZOS)
+
+
+def _tile(path: Path, label: str, height: int = HEIGHT) -> Image.Image | None:
+    img = _plain_tile(path, height)
+    return None if img is None else _label(img, label)
 
 
 def _sheet(rows: list[list[Image.Image | None]], path: Path) -> None:
@@ -228,6 +232,16 @@ def sheets(out: Path) -> None:
     docs = REPO / "docs"
     photo = {k: SHARED / v for k, v in PHOTOS.items()}
     painting = {k: SHARED / v for k, v in PAINTINGS.items()}
+    _sheet(  # README's first picture: photo, painting, result (no labels)
+        [
+            [
+                _plain_tile(photo["tubingen"]),
+                _plain_tile(painting["starry_night"]),
+                _plain_tile(out / "tubingen_starry_512.jpg"),
+            ]
+        ],
+        docs / "hero.jpg",
+    )
     _sheet(
         [
             [

@@ -28,13 +28,16 @@ from nst_server.engine.device import (
 )
 from nst_server.engine.errors import EngineError
 from nst_server.engine.network import (
+    DEFAULT_POOLING,
     LayerPlan,
     as_float32,
     build_vgg19,
     extractor,
     layer_plan,
+    pooling_for,
     preprocess,
     with_policy,
+    with_pooling,
 )
 from nst_server.engine.objective import (
     FLOAT16_OVERFLOW,
@@ -80,7 +83,8 @@ class StyleEngine:
         #: image from the device): the first event, then at most one per interval, and the last.
         self.preview_interval_s = 0.5
         self._vgg: tf.keras.Model | None = None
-        self._networks: dict[str, tf.keras.Model] = {}  # mixed-precision copies, by policy
+        #: Copies of the network by (policy, pooling): mixed precision, max pooling.
+        self._networks: dict[tuple[str, str], tf.keras.Model] = {}
         self._plans: dict[tuple, tuple[LayerPlan, tf.keras.Model]] = {}
         self._objectives: dict[LayerPlan, Callable] = {}
         self._feature_fns: dict[LayerPlan, Callable] = {}
@@ -146,18 +150,29 @@ class StyleEngine:
             self._style_cache.clear()
             tf.keras.backend.clear_session()
 
-    def _network(self, policy: str) -> tf.keras.Model:
+    def _network(self, policy: str, pooling: str) -> tf.keras.Model:
         if self._vgg is None:
-            self._vgg = build_vgg19(self.weights)
-        if policy == "float32":
+            self._vgg = build_vgg19(self.weights)  # the default pooling, float32
+        if (policy, pooling) == ("float32", DEFAULT_POOLING):
             return self._vgg
-        if policy not in self._networks:
-            self._networks[policy] = with_policy(self._vgg, policy)
-        return self._networks[policy]
+        if (policy, pooling) not in self._networks:
+            pooled = self._vgg if pooling == DEFAULT_POOLING else with_pooling(self._vgg, pooling)
+            self._networks[policy, pooling] = (
+                pooled if policy == "float32" else with_policy(pooled, policy)
+            )
+        return self._networks[policy, pooling]
 
     def _plan(self, params: StyleParams) -> tuple[LayerPlan, tf.keras.Model]:
         policy = self.precision if params.precision == "auto" else params.precision
-        key = (params.content_layers, params.style_layers, params.style_loss, policy, params.jit)
+        pooling = pooling_for(params.upscale)
+        key = (
+            params.content_layers,
+            params.style_layers,
+            params.style_loss,
+            policy,
+            params.jit,
+            pooling,
+        )
         if key not in self._plans:
             plan = layer_plan(
                 params.content_layers,
@@ -165,8 +180,9 @@ class StyleEngine:
                 style_loss=params.style_loss,
                 policy=policy,
                 jit=params.jit,
+                pooling=pooling,
             )
-            self._plans[key] = (plan, extractor(self._network(policy), plan.outputs))
+            self._plans[key] = (plan, extractor(self._network(policy, pooling), plan.outputs))
         return self._plans[key]
 
     # -- compiled functions ------------------------------------------------------------------
@@ -228,6 +244,7 @@ class StyleEngine:
             plan.outputs,
             plan.style,
             plan.style_loss,
+            plan.pooling,
             tuple(blend),
             seed_key,
         )

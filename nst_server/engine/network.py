@@ -18,11 +18,27 @@ log = logging.getLogger(__name__)
 _BGR_MEAN = (103.939, 116.779, 123.68)
 
 
+#: How VGG19 shrinks its feature maps between blocks. Average by default, as Gatys et al.
+#: recommend for synthesis: through a max pooling the gradient reaches one pixel of each 2 x 2
+#: window, and a long optimisation grows isolated light points on that grid (the speckle of
+#: large results; bench/speckle_candidates.py shows both side by side).
+POOLINGS = ("avg", "max")
+DEFAULT_POOLING = "avg"
+
+
+def pooling_for(upscale: str) -> str:
+    """The pooling a job's network uses. A detail pass (upscale "detail") runs on max pooling:
+    it asks for the painting's finest texture in ten steps, and average pooling hides a
+    pixel-scale mesh from the deeper layers, so the mesh is what those steps added; with max
+    pooling the deeper layers see it and the strokes stay strokes."""
+    return "max" if upscale == "detail" else DEFAULT_POOLING
+
+
 @dataclass(frozen=True)
 class LayerPlan:
     """One compiled configuration: which extractor outputs are content and style features, the
-    statistic the style loss matches, the dtype policy VGG19 computes in, and whether the step
-    is XLA-compiled."""
+    statistic the style loss matches, the dtype policy VGG19 computes in, its pooling, and
+    whether the step is XLA-compiled."""
 
     outputs: tuple[str, ...]
     content: tuple[int, ...]
@@ -30,6 +46,7 @@ class LayerPlan:
     style_loss: str = "gram"
     policy: str = "float32"
     jit: bool = False
+    pooling: str = DEFAULT_POOLING
 
     @property
     def style_layers(self) -> tuple[str, ...]:
@@ -43,6 +60,7 @@ def layer_plan(
     style_loss: str = "gram",
     policy: str = "float32",
     jit: bool = False,
+    pooling: str = DEFAULT_POOLING,
 ) -> LayerPlan:
     # Outputs in network order: the model then computes only up to the deepest one.
     outputs = tuple(n for n in VGG19_LAYERS if n in content_layers or n in style_layers)
@@ -53,19 +71,44 @@ def layer_plan(
         style_loss=style_loss,
         policy=policy,
         jit=jit,
+        pooling=pooling,
     )
 
 
-def build_vgg19(weights: WeightsSource) -> tf.keras.Model:
-    """VGG19's convolutional part (float32) with ``weights``; frozen: gradients go to the image."""
+def build_vgg19(weights: WeightsSource, *, pooling: str = DEFAULT_POOLING) -> tf.keras.Model:
+    """VGG19's convolutional part (float32) with ``weights`` and ``pooling`` between blocks;
+    frozen: gradients go to the image."""
     started = time.perf_counter()
     vgg = tf.keras.applications.VGG19(include_top=False, weights=None, input_shape=(None, None, 3))
+    vgg = _with_pooling(vgg, pooling)
     # Our reader for both files: it checks a known file's digest on the very bytes it parses.
     for name, (kernel, bias) in load_weights(weights).items():
         vgg.get_layer(name).set_weights([kernel, bias])
     vgg.trainable = False
     log.info("VGG19 built in %.1f s from %s", time.perf_counter() - started, weights.describe())
     return vgg
+
+
+def with_pooling(vgg: tf.keras.Model, pooling: str) -> tf.keras.Model:
+    """A copy of ``vgg`` (weights included) pooling with ``pooling`` between blocks."""
+    copy = _with_pooling(vgg, pooling)
+    copy.set_weights(vgg.get_weights())
+    copy.trainable = False
+    return copy
+
+
+def _with_pooling(vgg: tf.keras.Model, pooling: str) -> tf.keras.Model:
+    """``vgg``'s architecture (same layer names, fresh weights) with ``pooling`` between blocks."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+    kind = {"avg": tf.keras.layers.AveragePooling2D, "max": tf.keras.layers.MaxPooling2D}[pooling]
+
+    def clone(layer: tf.keras.layers.Layer) -> tf.keras.layers.Layer:
+        if isinstance(layer, (tf.keras.layers.AveragePooling2D, tf.keras.layers.MaxPooling2D)):
+            return kind.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    return tf.keras.models.clone_model(vgg, clone_function=clone)
 
 
 def with_policy(vgg: tf.keras.Model, policy: str) -> tf.keras.Model:

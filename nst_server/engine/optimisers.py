@@ -62,6 +62,12 @@ def _state(shape: tf.TensorShape) -> tf.Variable:
     return tf.Variable(_empty(shape), shape=shape, trainable=False)
 
 
+def _assign_both(a: tf.Variable, a_value: tf.Tensor, b: tf.Variable, b_value: tf.Tensor):
+    a.assign(a_value)
+    b.assign(b_value)
+    return tf.constant(True)
+
+
 def _dot(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(a * b)
 
@@ -121,8 +127,13 @@ class LBFGS(Optimiser):
         self._g = _state(_IMAGE)
         self._f = tf.Variable(0.0, trainable=False)
         self._report = _state(tf.TensorShape([None]))
-        self._s = _state(tf.TensorShape([memory, None]))  # x_{k+1} - x_k, newest at head - 1
-        self._y = _state(tf.TensorShape([memory, None]))  # g_{k+1} - g_k
+        # The pairs, one variable per slot of the ring buffer (newest at head - 1): s = x_{k+1} -
+        # x_k, y = g_{k+1} - g_k. Not one m x n variable: writing a row of it takes a sparse
+        # op, after which TensorFlow copies the whole variable on every read (measured: 0.3 s
+        # and a copy of S per iteration at 1024 px), and a sliced assign copies it too.
+        flat = tf.TensorShape([None])
+        self._s = [_state(flat) for _ in range(memory)]
+        self._y = [_state(flat) for _ in range(memory)]
         # Their inner products by slot: sy[i, j] = s_i . y_j, yy[i, j] = y_i . y_j.
         self._sy = tf.Variable(tf.zeros([memory, memory]), trainable=False)
         self._yy = tf.Variable(tf.zeros([memory, memory]), trainable=False)
@@ -132,11 +143,11 @@ class LBFGS(Optimiser):
         self._reset_fn = tf.function(self._evaluate_start, input_signature=[args_signature])
 
     def _variables(self) -> list[tf.Variable]:
-        return [self._x, self._g, self._s, self._y]
+        return [self._x, self._g, *self._s, *self._y]
 
     def _reset(self, size: int, args: tuple) -> None:
-        self._s.assign(tf.zeros([self.memory, size]))
-        self._y.assign(tf.zeros([self.memory, size]))
+        for slot in (*self._s, *self._y):  # every slot sized for this pass (products need it)
+            slot.assign(tf.zeros([size]))
         self._count.assign(0)
         self._head.assign(0)
         self._reset_fn(args)
@@ -156,15 +167,15 @@ class LBFGS(Optimiser):
         with R the upper triangle of S'Y (chronological order) and D its diagonal. The same
         direction as the two-loop recursion, but as a few matrix products over all pairs at
         once: S and Y are each read twice per iteration (once for their products with g and
-        with the newest pair, once to combine), and a GPU runs a handful of kernels, not a
-        loop of ~200 small ones. Flat vectors."""
+        with the newest pair, once to combine), as ~4 m fixed operations in the graph; no
+        host round trip. Flat vectors."""
         m = self.memory
         newest = (self._head - 1) % m
-        s_new, y_new = self._s.sparse_read(newest), self._y.sparse_read(newest)
-        rows = tf.stack([g, s_new, y_new])  # 3 x n: one pass over S and one over Y
-        # (rows times S', not S times columns: the latter was 3x slower on TensorFlow's CPU)
-        with_s = tf.transpose(tf.matmul(rows, self._s, transpose_b=True))  # S g, S s_new, ...
-        with_y = tf.transpose(tf.matmul(rows, self._y, transpose_b=True))  # Y g, Y s_new, ...
+        s_new = tf.switch_case(newest, [slot.read_value for slot in self._s])
+        y_new = tf.switch_case(newest, [slot.read_value for slot in self._y])
+        rows = tf.stack([g, s_new, y_new])  # 3 x n
+        with_s = tf.stack([tf.linalg.matvec(rows, slot) for slot in self._s])  # S g, S s_new, ..
+        with_y = tf.stack([tf.linalg.matvec(rows, slot) for slot in self._y])  # Y g, Y s_new, ..
         # The newest pair's row and column of S'Y and Y'Y (the rest were set before).
         at = tf.one_hot(newest, m)
         col, row = at[tf.newaxis, :], at[:, tf.newaxis]
@@ -188,10 +199,12 @@ class LBFGS(Optimiser):
         slots = order[:, tf.newaxis]
         p_slots = tf.scatter_nd(slots, p[:, 0], [m])
         u_slots = tf.scatter_nd(slots, u[:, 0], [m])
-        combined = tf.linalg.matvec(self._s, p_slots, transpose_a=True) - gamma * tf.linalg.matvec(
-            self._y, u_slots, transpose_a=True
-        )
-        return -(gamma * g + combined)
+        # Summed one slot at a time: each term is freed before the next (an add_n of all
+        # would hold m image-sized terms at once).
+        direction = gamma * g
+        for i in range(m):
+            direction = direction + p_slots[i] * self._s[i] - (gamma * u_slots[i]) * self._y[i]
+        return -direction
 
     def _iteration(self, args: tuple) -> tf.Tensor:
         x, g = self._x.read_value(), self._g.read_value()
@@ -249,10 +262,14 @@ class LBFGS(Optimiser):
         keep_pair = tf.logical_and(found, sy > 1e-10 * _dot(y, y))  # H stays positive definite
 
         def store() -> tf.Tensor:
-            at = self._head.read_value()[tf.newaxis]
-            self._s.scatter_update(tf.IndexedSlices(s[tf.newaxis], at))
-            self._y.scatter_update(tf.IndexedSlices(y[tf.newaxis], at))
-            self._head.assign((self._head + 1) % self.memory)
+            head = self._head.read_value()
+            for i, (s_slot, y_slot) in enumerate(zip(self._s, self._y, strict=True)):
+                tf.cond(
+                    tf.equal(head, i),
+                    lambda s_slot=s_slot, y_slot=y_slot: _assign_both(s_slot, s, y_slot, y),
+                    lambda: tf.constant(True),
+                )
+            self._head.assign((head + 1) % self.memory)
             return tf.minimum(count + 1, self.memory)
 
         self._count.assign(tf.cond(keep_pair, store, lambda: tf.where(found, count, 0)))

@@ -34,8 +34,12 @@ MIN_SHORT_SIDE = 32
 #: is settled there, so every target size gets the same look; below 256 px the content layer is
 #: a 16 x 12 grid and the painting swamps the photo (seen at 128 px).
 SMALLEST_SCALE = 256
-#: Each pass gets this share of the steps of the pass below it.
+#: Each pass gets this share of the steps of the pass below it ...
 STEP_DECAY = 0.6
+#: ... but at least this many when the iterations allow. The first steps after an upscale add
+#: the gradient's pixel-scale noise and later ones remove it: with 2 steps at its 2048 px pass a
+#: picture's sky was covered in coloured pixel noise, with 8 it was clean.
+MIN_PASS_STEPS = 8
 #: The detail pass (upscale "detail"): square tiles of at most this many px a side ...
 DETAIL_TILE = 512
 #: ... overlapping by this many px: a tile's border (a quarter of it each side) is left out,
@@ -65,6 +69,9 @@ _OPTIMISER_BYTES_PER_PIXEL = {"lbfgs": (2 * 20 + 8) * 3 * 4, "adam": 6 * 3 * 8}
 _FULL_SIZE_BYTES_PER_PIXEL = 64
 #: The detail pass's pictures at the photo's size (float32 RGB, several), per pixel.
 _DETAIL_FULL_SIZE_BYTES_PER_PIXEL = 5 * 3 * 4
+#: A second copy of VGG19 up to block5_conv1 (float32 kernels, and their copy for a mixed
+#: policy): a detail job runs on its own network (see network.pooling_for).
+_SECOND_NETWORK_BYTES = 2 * 80 * 2**20
 #: The inputs as the caller hands them over (float32, up to 4 channels), per pixel.
 _INPUT_BYTES_PER_PIXEL = 4 * 4
 
@@ -148,9 +155,9 @@ def scale_schedule(
     """[(longer side, steps), ...] from small to ``long_side``; the steps add up to ``iterations``.
 
     Coarse to fine: the first pass's longer side is ``smallest``; sizes grow by about sqrt(2) (a
-    step there costs twice as much); each pass gets 0.6 times the steps of the one before, so
-    most steps are taken where they are cheap and the larger passes refine detail from an
-    upscaled result.
+    step there costs twice as much); each pass gets ``STEP_DECAY`` times the steps of the one
+    before (at least ``MIN_PASS_STEPS``), so most steps are taken where they are cheap and the
+    larger passes refine detail from an upscaled result.
     """
     if not coarse_to_fine or long_side <= smallest:
         return [(long_side, iterations)]
@@ -158,8 +165,12 @@ def scale_schedule(
     sides = [round(smallest * (long_side / smallest) ** (i / (count - 1))) for i in range(count)]
     sides = sides[-iterations:]  # fewer steps than passes: keep the largest passes
     shares = [STEP_DECAY**i for i in range(len(sides))]
-    steps = [max(1, int(iterations * share / sum(shares))) for share in shares]
-    steps[0] += iterations - sum(steps)  # rounding goes to the cheapest pass
+    least = max(1, min(MIN_PASS_STEPS, iterations // len(sides)))
+    steps = [max(least, int(iterations * share / sum(shares))) for share in shares]
+    steps[0] += max(0, iterations - sum(steps))  # rounding goes to the cheapest pass
+    for _ in range(sum(steps) - iterations):  # the floor's steps come from the largest shares
+        top = max(steps)
+        steps[len(steps) - 1 - steps[::-1].index(top)] -= 1  # the last of them: order is kept
     return list(zip(sides, steps, strict=True))
 
 
@@ -315,6 +326,7 @@ def _peak_bytes(
             # the enlarged picture, the refined one, their blend weights, the photo
             + _DETAIL_FULL_SIZE_BYTES_PER_PIXEL * photo
         )
+        per_pass = [part + _SECOND_NETWORK_BYTES for part in per_pass]
     inputs = _INPUT_BYTES_PER_PIXEL * (
         photo * (2 if has_mask else 1) + sum(sh * sw for sh, sw in style_hws)
     )

@@ -50,11 +50,21 @@ def test_the_detail_pass_is_planned_only_for_an_enlarged_result():
     assert job.peak_bytes > plain.peak_bytes and job.pixel_steps > plain.pixel_steps
 
 
-def test_detail_refines_the_enlarged_result_and_reports_the_extra_pass(engine, small_tiles):
+def plain_on_the_detail_network(engine, photo, painting, monkeypatch) -> np.ndarray:
+    """The plain enlargement a detail job starts from: a plain job on the detail job's network
+    (max pooling, see network.pooling_for)."""
+    with monkeypatch.context() as patch:
+        patch.setattr("nst_server.engine.core.pooling_for", lambda upscale: "max")
+        return engine.stylize(photo, [painting], params())
+
+
+def test_detail_refines_the_enlarged_result_and_reports_the_extra_pass(
+    engine, small_tiles, monkeypatch
+):
     photo, painting = synthetic_photo(160, 200), synthetic_painting(128, 128)
     events: list[Progress] = []
     detailed = engine.stylize(photo, [painting], params(upscale="detail"), events.append)
-    plain = engine.stylize(photo, [painting], params())
+    plain = plain_on_the_detail_network(engine, photo, painting, monkeypatch)
     steps = [e for e in events if e.phase == "optimising"]
     job = plan_job((160, 200), [(128, 128)], params(upscale="detail"))
     assert len(job.detail.tiles) > 2
@@ -74,7 +84,7 @@ def test_detail_refines_the_enlarged_result_and_reports_the_extra_pass(engine, s
     assert np.abs(detailed - plain).mean() < 0.1
 
 
-def test_finishing_during_the_detail_pass_keeps_the_tiles_done(engine, small_tiles):
+def test_finishing_during_the_detail_pass_keeps_the_tiles_done(engine, small_tiles, monkeypatch):
     photo, painting = synthetic_photo(160, 200), synthetic_painting(128, 128)
     job = plan_job((160, 200), [(128, 128)], params(upscale="detail"))
     stop_at = job.total_steps - job.detail.steps  # in the last tile
@@ -85,7 +95,7 @@ def test_finishing_during_the_detail_pass_keeps_the_tiles_done(engine, small_til
 
     kept = engine.stylize(photo, [painting], params(upscale="detail"), finish)
     full = engine.stylize(photo, [painting], params(upscale="detail"))
-    plain = engine.stylize(photo, [painting], params())
+    plain = plain_on_the_detail_network(engine, photo, painting, monkeypatch)
     top, left, h, w = job.detail.tiles[0]
     first = np.s_[top : top + h - 24, left : left + w - 24]  # refined, and nothing after it
     np.testing.assert_allclose(kept[first], full[first], atol=1e-5)

@@ -178,3 +178,20 @@ def test_a_photo_too_thin_for_max_size_is_refused_before_any_work(engine):
             synthetic_photo(40, 4000), [synthetic_painting()], params(max_size=128), events.append
         )
     assert not [e for e in events if e.phase == "optimising"]
+
+
+def test_jobs_run_on_average_pooling_and_a_detail_job_on_max_pooling(engine):
+    # Through a max pooling the gradient reaches one pixel per 2 x 2 window, and large results
+    # grew isolated light dots on that grid; a detail pass on average pooling grew a mesh
+    # (bench/speckle_candidates.py and network.pooling_for).
+    import tensorflow as tf
+
+    def pools(model: tf.keras.Model) -> set[type]:
+        return {type(layer) for layer in model.layers if "pool" in layer.name}
+
+    for precision in ("float32", engine.precision):
+        plain_plan, plain = engine._plan(params(precision=precision))
+        detail_plan, detail = engine._plan(params(precision=precision, upscale="detail"))
+        assert pools(plain) == {tf.keras.layers.AveragePooling2D}
+        assert pools(detail) == {tf.keras.layers.MaxPooling2D}
+        assert (plain_plan.pooling, detail_plan.pooling) == ("avg", "max")

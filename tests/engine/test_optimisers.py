@@ -181,7 +181,7 @@ def test_the_engines_lbfgs_runs_coarse_to_fine_with_a_mask_as_scipy_does(engine,
     assert [e.step for e in steps] == list(range(1, 7))
     assert {e.scales for e in steps} == {2} and steps[-1].size == (320, 240)
     assert steps[-1].losses["total"] < 0.95 * steps[0].losses["total"]
-    assert steps[-1].losses["total"] == pytest.approx(reference[-1].losses["total"], rel=0.05)
+    assert steps[-1].losses["total"] < 1.05 * reference[-1].losses["total"]  # as low or lower
     assert np.abs(result[:, :120] - photo[:, :120]).max() < 0.02  # outside the mask: the photo
     assert np.abs(result[:, 200:] - photo[:, 200:]).mean() > 0.002  # inside: changed
 

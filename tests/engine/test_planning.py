@@ -9,6 +9,7 @@ import pytest
 
 from nst_server.engine import EngineError
 from nst_server.engine.planning import (
+    MIN_PASS_STEPS,
     MIN_SHORT_SIDE,
     SMALLEST_SCALE,
     JobPlan,
@@ -149,3 +150,10 @@ def test_fit_size_never_enlarges_unless_asked():
     assert fit_size(300, 400, 800) == (300, 400)
     assert fit_size(300, 400, 800, upscale=True) == (600, 800)
     assert fit_size(3000, 4000, 400) == (300, 400)
+
+
+@pytest.mark.parametrize(("side", "iterations"), [(2048, 150), (4096, 150), (1458, 60), (2048, 30)])
+def test_every_pass_gets_the_floor_of_steps_when_the_iterations_allow(side, iterations):
+    steps = [n for _, n in scale_schedule(side, iterations, coarse_to_fine=True)]
+    assert sum(steps) == iterations and steps == sorted(steps, reverse=True)
+    assert min(steps) == min(MIN_PASS_STEPS, iterations // len(steps))
