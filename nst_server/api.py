@@ -11,6 +11,7 @@ tokens; the HTTP front applies the same rules before reading a body (nst_server/
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -27,7 +28,7 @@ from nst_server import __version__
 from nst_server.auth import Authenticator, Principal
 from nst_server.budget import BudgetExceeded, MemoryBudget, NeverFits
 from nst_server.engine import ENGINE_VERSION, EngineError
-from nst_server.engine.planning import plan_job
+from nst_server.engine.planning import JobPlan, plan_job
 from nst_server.guard import RequestGuard
 from nst_server.images import ImageError, ImageTooLarge, inspect_image
 from nst_server.jobmodel import (
@@ -364,6 +365,49 @@ def params() -> Response:
     return jsonify({"params": described, "limits": settings.public_limits()})
 
 
+@bp.post("/plan")
+def plan() -> Response:
+    """What a job on a photo of this size would do, before sending any picture: its processing
+    size, the enlargement to the photo, its steps, and its work against the same job enlarged
+    plainly (``work_vs_plain``: how much longer ``upscale: detail`` takes)."""
+    settings = _state().settings
+    raw = request.stream.read(settings.max_params_bytes + 1)  # chunked bodies too
+    if len(raw) > settings.max_params_bytes:
+        _fail(
+            413,
+            "too_large",
+            f"plan: the request is larger than this server's limit of "
+            f"{settings.max_params_bytes} bytes (max_params_bytes); send the sizes and params only",
+        )
+    doc = _json_value(raw, "plan")
+    if not isinstance(doc, dict):
+        _fail(400, "bad_params", 'plan: send a JSON object {"width", "height", "params"}')
+    size = _picture_size(doc, "photo", settings)
+    paintings = doc.get("paintings", [{"width": size[1], "height": size[0]}])
+    if not isinstance(paintings, list) or not 1 <= len(paintings) <= settings.max_styles:
+        _fail(
+            400,
+            "bad_params",
+            f"paintings: a list of 1 to {settings.max_styles} objects with width and height",
+        )
+    painting_sizes = [_picture_size(p, "painting", settings) for p in paintings]
+    params = _params_from(doc.get("params", {}), get_queue().device, settings)
+    job = _plan(size, painting_sizes, params, settings)
+    plain = job
+    if params.upscale != "plain":
+        plain = _plan(size, painting_sizes, dataclasses.replace(params, upscale="plain"), settings)
+    return jsonify(
+        {
+            "processing_size": list(job.processing_hw[::-1]),
+            "result_size": list(job.result_hw[::-1]),
+            "enlargement": round(job.enlargement, 3),
+            "steps": job.total_steps,
+            "passes": [[w, h, steps] for h, w, steps in job.passes],
+            "work_vs_plain": round(job.pixel_steps / plain.pixel_steps, 3),
+        }
+    )
+
+
 @bp.post("/jobs")
 def create_job() -> tuple[Response, int, dict[str, str]]:
     job = _submit_from_form()
@@ -596,20 +640,6 @@ def _submit_from_form() -> JobView:
 def _submit(settings: ServerSettings, queue: JobQueue, upload_key: object) -> JobView:
     files = request.files  # over the upload limit: werkzeug raises 413 here
     params = _parse_params(queue.device, settings)
-    if params.iterations > settings.max_iterations:
-        _fail(
-            400,
-            "bad_params",
-            f"iterations: {params.iterations} is over this server's limit "
-            f"of {settings.max_iterations} (max_iterations)",
-        )
-    if params.max_size > settings.max_processing_size:
-        _fail(
-            400,
-            "bad_params",
-            f"max_size: {params.max_size} px is over this server's limit "
-            f"of {settings.max_processing_size} px (max_processing_size)",
-        )
     content_file = files.get("content")
     if content_file is None:
         _fail(
@@ -649,24 +679,13 @@ def _submit(settings: ServerSettings, queue: JobQueue, upload_key: object) -> Jo
             f"params: style_blend has {len(params.style_blend)} weight(s) but {len(styles)} "
             "style image(s) were sent; give one weight per style image",
         )
-    if params.max_size == 0 and max(content.info.size) > settings.max_processing_size:
-        _fail(
-            400,
-            "bad_params",
-            f"max_size: 0 means the photo's full size, {max(content.info.size)} "
-            f"px, over this server's limit of "
-            f"{settings.max_processing_size} px (max_processing_size); "
-            "give a max_size",
-        )
-    try:
-        plan = plan_job(
-            (content.info.height, content.info.width),
-            [(s.info.height, s.info.width) for s in styles],
-            params,
-            has_mask=mask is not None,
-        )
-    except EngineError as exc:  # e.g. a photo too thin to process at this size
-        _fail(400, "bad_params", str(exc))
+    plan = _plan(
+        (content.info.height, content.info.width),
+        [(s.info.height, s.info.width) for s in styles],
+        params,
+        settings,
+        has_mask=mask is not None,
+    )
     inputs = JobInputs(content, styles, mask, init)
     try:
         return queue.submit(
@@ -684,6 +703,46 @@ def _submit(settings: ServerSettings, queue: JobQueue, upload_key: object) -> Jo
         _budget_refusal(exc)
 
 
+def _plan(
+    content_hw: tuple[int, int],
+    style_hws: list[tuple[int, int]],
+    params: StyleParams,
+    settings: ServerSettings,
+    *,
+    has_mask: bool = False,
+) -> JobPlan:
+    """The job's plan, or a 400 saying why it cannot run on this server."""
+    if params.max_size == 0 and max(content_hw) > settings.max_processing_size:
+        _fail(
+            400,
+            "bad_params",
+            f"max_size: 0 means the photo's full size, {max(content_hw)} "
+            f"px, over this server's limit of "
+            f"{settings.max_processing_size} px (max_processing_size); "
+            "give a max_size",
+        )
+    try:
+        return plan_job(content_hw, style_hws, params, has_mask=has_mask)
+    except EngineError as exc:  # e.g. a photo too thin to process at this size
+        _fail(400, "bad_params", str(exc))
+
+
+def _picture_size(doc: Any, what: str, settings: ServerSettings) -> tuple[int, int]:
+    """(height, width) from ``{"width": W, "height": H}``, within this server's pixel limit."""
+    if isinstance(doc, dict):
+        width, height = doc.get("width"), doc.get("height")
+        if all(type(v) is int and v >= 1 for v in (width, height)):
+            if width * height <= settings.max_pixels:
+                return height, width
+            _fail(
+                400,
+                "bad_params",
+                f"{what}: {width}x{height} px is over this server's limit of "
+                f"{settings.max_pixels} pixels (max_pixels)",
+            )
+    _fail(400, "bad_params", f"{what}: give its width and height in pixels (integers from 1)")
+
+
 def _budget_refusal(exc: BudgetExceeded) -> NoReturn:
     if isinstance(exc, NeverFits):
         _fail(413, "too_large", f"{exc}; send a smaller picture or choose a smaller max_size")
@@ -698,19 +757,42 @@ def _parse_params(device: str, settings: ServerSettings) -> StyleParams:
         _fail(413, "too_large", _params_too_large())
     if raw is None or not raw.strip():
         return StyleParams.for_device(device)
+    return _params_from(_json_value(raw, "params"), device, settings)
+
+
+def _json_value(raw: str | bytes, what: str) -> Any:
     try:
-        values = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        _fail(400, "bad_params", f"params: not valid JSON ({exc})")
+        _fail(400, "bad_params", f"{what}: not valid JSON ({exc})")
     except RecursionError:  # e.g. [[[[...]]]] nested deeper than the parser's stack
-        _fail(400, "bad_params", "params: the JSON is nested too deeply; send a flat object")
+        _fail(400, "bad_params", f"{what}: the JSON is nested too deeply; send a flat object")
+
+
+def _params_from(values: Any, device: str, settings: ServerSettings) -> StyleParams:
+    """Checked parameters from a decoded JSON object, within this server's limits."""
     try:
-        return StyleParams.from_mapping(values, device)
+        params = StyleParams.from_mapping(values, device)
     except ParamsError as exc:
         _fail(400, "bad_params", f"params: {exc}")
     except (OverflowError, ValueError, TypeError) as exc:
         # e.g. a 400-digit integer for a float parameter: float() overflows
         _fail(400, "bad_params", f"params: a value is out of range ({exc})")
+    if params.iterations > settings.max_iterations:
+        _fail(
+            400,
+            "bad_params",
+            f"iterations: {params.iterations} is over this server's limit "
+            f"of {settings.max_iterations} (max_iterations)",
+        )
+    if params.max_size > settings.max_processing_size:
+        _fail(
+            400,
+            "bad_params",
+            f"max_size: {params.max_size} px is over this server's limit "
+            f"of {settings.max_processing_size} px (max_processing_size)",
+        )
+    return params
 
 
 def _upload(upload: FileStorage, what: str, settings: ServerSettings) -> Upload:

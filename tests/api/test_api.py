@@ -119,6 +119,71 @@ def test_params_describes_every_field_with_this_servers_limits(make_app) -> None
     assert body["limits"]["max_pixels"] == 40_000_000
 
 
+def post_plan(client, doc):
+    body = doc if isinstance(doc, (bytes, str)) else json.dumps(doc)
+    return client.post("/v1/plan", data=body, content_type="application/json")
+
+
+def test_plan_says_processing_size_enlargement_and_what_detail_costs(client) -> None:
+    cpu = StyleParams.for_device("cpu")
+    plain = post_plan(client, {"width": 4000, "height": 3000})
+    assert plain.status_code == 200, plain.get_data(as_text=True)
+    doc = plain.get_json()
+    long_side = cpu.max_size
+    assert doc["processing_size"] == [long_side, long_side * 3 // 4]
+    assert doc["result_size"] == [4000, 3000]
+    assert doc["enlargement"] == pytest.approx(4000 / long_side, abs=1e-3)
+    assert doc["steps"] == cpu.iterations and doc["work_vs_plain"] == 1.0
+    assert [p[0] for p in doc["passes"]][-1] == long_side
+    detail = post_plan(client, {"width": 4000, "height": 3000, "params": {"upscale": "detail"}})
+    doc = detail.get_json()
+    # The detail pass covers the 4000 px layer in tiles: many times a plain job's work.
+    assert doc["steps"] > cpu.iterations and doc["work_vs_plain"] > 10
+    small = post_plan(client, {"width": 200, "height": 150, "params": {"upscale": "detail"}})
+    assert small.get_json()["enlargement"] == 1.0 and small.get_json()["work_vs_plain"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("doc", "status", "code", "words"),
+    [
+        ({"height": 10}, 400, "bad_params", ("photo", "width and height")),
+        ({"width": 10.5, "height": 10}, 400, "bad_params", ("photo",)),
+        ({"width": True, "height": 10}, 400, "bad_params", ("photo",)),
+        ({"width": 10**6, "height": 10**6}, 400, "bad_params", ("max_pixels",)),
+        ({"width": 12000, "height": 40, "params": {"max_size": 64}}, 400, "bad_params", ("thin",)),
+        (
+            {"width": 64, "height": 64, "params": {"max_size": 10**5}},
+            400,
+            "bad_params",
+            ("max_size",),
+        ),
+        (
+            {"width": 64, "height": 64, "params": {"upscale": "huge"}},
+            400,
+            "bad_params",
+            ("upscale",),
+        ),
+        ({"width": 64, "height": 64, "paintings": []}, 400, "bad_params", ("paintings",)),
+        (
+            {"width": 64, "height": 64, "paintings": [{"width": 5}]},
+            400,
+            "bad_params",
+            ("painting",),
+        ),
+        ([1, 2], 400, "bad_params", ("JSON object",)),
+        ("{not json", 400, "bad_params", ("not valid JSON",)),
+        ("[" * 20_000 + "]" * 20_000, 400, "bad_params", ("nested",)),
+    ],
+)
+def test_plan_refuses_what_a_job_would_be_refused(client, doc, status, code, words) -> None:
+    assert_error(post_plan(client, doc), status, code, *words)
+
+
+def test_plan_body_over_the_params_limit_is_413(client) -> None:
+    doc = {"width": 64, "height": 64, "pad": "x" * (ServerSettings().max_params_bytes + 1)}
+    assert_error(post_plan(client, doc), 413, "too_large", "max_params_bytes")
+
+
 # --- the job lifecycle ------------------------------------------------------------------------
 
 

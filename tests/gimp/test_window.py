@@ -11,6 +11,7 @@ are @slow.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -141,6 +142,10 @@ def test_window_preview_keep_undo_cancel_history_presets(
         {"log": "preset-loaded"},
         {"preset_delete": "Test look"},
         {"log": "preset-deleted"},
+        # Before Run: the processing size, the enlargement and what "Restore detail" costs.
+        {"set": {"max-size": 64, "quality": "standard"}},
+        {"wait_estimate": "enlarged ×2.0"},
+        {"log": "estimate"},
         # Closing with a run pending: "Let them finish" - it lands after the window is gone.
         {"set": {**SHORT, "quality": "standard"}},
         {"run": True},
@@ -255,6 +260,15 @@ def test_window_preview_keep_undo_cancel_history_presets(
     assert "Test look" in states["preset-saved"]["presets"]
     assert states["preset-loaded"]["settings"]["quality"] == "draft"
     assert "Test look" not in states["preset-deleted"]["presets"]
+
+    # The estimate under the settings followed them: the layer's own size at 128 px, then
+    # enlarged twice at 64 px, with what the detail pass would cost.
+    estimates = [e["text"] for e in events if e["event"] == "estimate"]
+    assert "Processed at the layer's own size, 128 px." in estimates, estimates
+    assert re.search(
+        r"Processed at 64 px, then enlarged ×2\.0 .* about \d+\.\d× as long",
+        states["estimate"]["estimate"],
+    ), states["estimate"]
 
     # Closed with a run pending, answered "let them finish": it landed after the window went.
     final = closed["layers"]

@@ -21,6 +21,7 @@ import nst_client  # noqa: E402
 from hostile_server import HostileServer, answer, drip, endless  # noqa: E402
 
 MB = 1 << 20
+PLAN = {"processing_size": [64, 48], "enlargement": 2.0, "steps": 150, "work_vs_plain": 2.5}
 TIMEOUT = 1.5
 
 
@@ -219,12 +220,23 @@ def test_run_job_ends_in_its_own_error_on_a_malformed_progress(hostile) -> None:
         ("params", b'{"params": []}', ["description"]),
         ("submit", b'{"id": 42}', ["no usable id"]),
         ("submit", json.dumps({"id": "x" * 1000}).encode(), ["no usable id"]),
+        ("plan", b'{"processing_size": [64, 48], "enlargement": 2}', ["/v1/plan"]),
+        ("plan", json.dumps(PLAN | {"work_vs_plain": "many"}).encode(), ["/v1/plan"]),
+        ("plan", json.dumps(PLAN | {"processing_size": [64, -1]}).encode(), ["/v1/plan"]),
+        ("plan", json.dumps(PLAN).replace("2.5", "Infinity").encode(), ["JSON"]),
     ],
 )
 def test_other_malformed_answers_are_readable_errors(hostile, call, body, words) -> None:
     server = hostile(answer(200, body))
     client = nst_client.NstClient(server.url, timeout=5)
-    args = {"submit": (b"png", [b"png"])}.get(call, ())
+    args = {"submit": (b"png", [b"png"]), "plan": ((128, 96),)}.get(call, ())
     with pytest.raises(nst_client.ServerError) as info:
         getattr(client, call)(*args)
     readable(info.value, *words)
+
+
+def test_a_server_without_plan_is_too_old_not_broken(hostile) -> None:
+    server = hostile(answer(404, b'{"error": {"code": "not_found", "message": "no route"}}'))
+    with pytest.raises(nst_client.ServerTooOld) as info:
+        nst_client.NstClient(server.url, timeout=5).plan((128, 96))
+    readable(info.value, "too old", "install.sh")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import struct
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,3 +169,37 @@ def test_the_options_table_fits_what_the_server_says(started_server: nst_client.
             assert set(option.choice_nicks()) <= set(server["choices"]), option.name
         if option.auto is None and server["type"] != "array":
             assert option.default == server["default"], option.name
+
+
+def test_the_window_estimate_from_the_real_servers_plan(started_server: nst_client.NstClient):
+    """Before Run the window says the processing size, the enlargement and what "Restore
+    detail" costs; the controller asks the server's /v1/plan off the main loop."""
+    events: list[nst_client.Event] = []
+    arrived = threading.Event()
+
+    def notify(event: nst_client.Event) -> None:
+        if event.kind == "estimate":
+            events.append(event)
+            arrived.set()
+
+    settings = {"max-size": 512, "quality": "standard"}
+    controller = nst_client.StudioController(started_server, notify=notify)
+    try:
+        controller.estimate((2048, 1536), settings)
+        assert arrived.wait(30)
+    finally:
+        controller.close(cancel_pending=True)
+    text = events[-1].message
+    params = nst_client.build_job_params(started_server.params(), settings)
+    plan = started_server.plan((2048, 1536), {**params, "upscale": "detail"})
+    assert plan["processing_size"] == [512, 384] and plan["enlargement"] == 4.0
+    assert plan["work_vs_plain"] > 2  # 2048 x 1536 in tiles against 150 steps at 512 px
+    assert text == nst_client.plan_text(plan)
+    assert "Processed at 512 px, then enlarged ×4.0" in text
+    assert f"about {plan['work_vs_plain']:.1f}× as long" in text
+    # A photo no larger than the processing size: nothing is enlarged.
+    own = started_server.plan((300, 200), {"max_size": 512, "upscale": "detail"})
+    assert nst_client.plan_text(own) == "Processed at the layer's own size, 300 px."
+    with pytest.raises(nst_client.ServerError) as info:
+        started_server.plan((12000, 40), {"max_size": 64})
+    assert info.value.status == 400 and "thin" in str(info.value)

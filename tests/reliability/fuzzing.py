@@ -37,6 +37,8 @@ PARAM_NAMES = [
     "learning_rate",
     "content_layers",
     "style_layers",
+    "upscale",
+    "strength",
 ]
 
 VALID_CONTENT = png(gradient(40, 32))
@@ -194,11 +196,41 @@ _sizes = st.one_of(
 )
 
 
+_sides = st.one_of(
+    st.integers(1, 5000), _json_scalars, st.sampled_from([0, -5, 31, 10**9, 2**63, 1.5, True])
+)
+
+
+@st.composite
+def plan_body(draw: Callable[..., Any]) -> bytes:
+    """POST /v1/plan: sizes and params, plausible or wild, or the params field's own fuzz."""
+    kind = draw(st.sampled_from(["object", "object", "wild", "params"]))
+    if kind == "params":
+        return draw(params_text())
+    if kind == "wild":
+        return json.dumps(draw(_json_values)).encode()
+    doc = {"width": draw(_sides), "height": draw(_sides)}
+    if draw(st.booleans()):
+        doc["paintings"] = draw(
+            st.one_of(
+                st.lists(st.fixed_dictionaries({"width": _sides, "height": _sides}), max_size=3),
+                _json_values,
+            )
+        )
+    if draw(st.booleans()):
+        doc["params"] = draw(
+            st.dictionaries(st.sampled_from(PARAM_NAMES), _json_values, max_size=4)
+        )
+    return json.dumps(doc).encode()
+
+
 @st.composite
 def requests(draw: Callable[..., Any], *, stylize: bool = True) -> Request:
     """Any request to any endpoint (``stylize=False`` leaves out the blocking endpoint)."""
     posts = ["/v1/jobs", "/v1/stylize"] if stylize else ["/v1/jobs"]
-    kind = draw(st.sampled_from(["form", "form", "form", "malformed", "get", "other"]))
+    kind = draw(st.sampled_from(["form", "form", "form", "malformed", "get", "plan", "other"]))
+    if kind == "plan":
+        return "POST", "/v1/plan", {"Content-Type": "application/json"}, draw(plan_body())
     if kind in ("form", "malformed"):
         path = draw(st.sampled_from(posts))
         body, ctype = draw(job_form_body() if kind == "form" else malformed_body())

@@ -425,6 +425,43 @@ class NstClient:
             )
         return doc
 
+    def plan(
+        self,
+        size: tuple[int, int],
+        params: Mapping[str, Any] | None = None,
+        paintings: Sequence[tuple[int, int]] = (),
+    ) -> dict[str, Any]:
+        """What a job on a photo of ``size`` (width, height) with ``params`` would do, checked:
+        ``processing_size`` [w, h], ``enlargement``, ``steps``, ``work_vs_plain`` (how many
+        times as long as the same job enlarged plainly). A server without the route gives a
+        :class:`ServerTooOld`."""
+        body: dict[str, Any] = {"width": size[0], "height": size[1], "params": dict(params or {})}
+        if paintings:
+            body["paintings"] = [{"width": w, "height": h} for w, h in paintings]
+        try:
+            doc = self._json(
+                "POST", "/v1/plan", body=json.dumps(body).encode(), content_type="application/json"
+            )
+        except ServerError as exc:
+            if exc.status in (404, 405):
+                raise ServerTooOld(
+                    f"The neural style server at {self.base_url} is too old to estimate a run "
+                    "(it has no /v1/plan): update it by running install/install.sh again."
+                ) from None
+            raise
+        processing = doc.get("processing_size")
+        numbers = [doc.get(k) for k in ("enlargement", "work_vs_plain", "steps")]
+        if not (
+            isinstance(processing, list)
+            and len(processing) == 2
+            and all(type(v) is int and v > 0 for v in processing)
+            and all(_is_number(v) and v > 0 for v in numbers)
+        ):
+            raise ServerError(
+                f"Unexpected answer from {self.base_url}/v1/plan: {json.dumps(doc)[:200]}"
+            )
+        return doc
+
     def submit(
         self,
         content_png: bytes,

@@ -2,13 +2,14 @@
 previews, Keep and Cancel, this image's history, presets, and closing with runs pending.
 
 Threads. The window (GTK main loop) calls the methods below; none of them blocks on the
-network. HTTP happens on two kinds of thread the controller owns: ONE worker per window, which
+network. HTTP happens on threads the controller owns: ONE worker per window, which
 submits runs one at a time and makes every status request (so a window has at most one status
-request in flight, whatever the number of queued runs), and a short-lived thread per Keep or
-Cancel. What happens is reported through ``notify(Event)``, called on those threads (and on the
-caller's, for what a call changes at once): the window passes a function that hands every event
-to its main loop (``GLib.idle_add``), where GIMP calls (inserting the result layer, updating the
-preview layer) are allowed.
+request in flight, whatever the number of queued runs), a short-lived thread per Keep or
+Cancel, and at most one asking for an estimate (``estimate``). What happens is reported through
+``notify(Event)``, called on those threads (and on the caller's, for what a call changes at
+once): the window passes a function that hands every event to its main loop
+(``GLib.idle_add``), where GIMP calls (inserting the result layer, updating the preview layer)
+are allowed.
 
     controller = StudioController(client, notify=lambda e: GLib.idle_add(window.on_event, e),
                                   presets=PresetStore(Gimp.directory() + "/neural-style/presets"))
@@ -39,6 +40,7 @@ from .jobs import (
     POLL_INTERVAL_S,
     JobTracker,
     format_duration,
+    plan_text,
     processing_size,
     progress_fraction,
     progress_text,
@@ -74,6 +76,7 @@ PREVIEW = "preview"  # a new picture of the active run: Event.preview_png
 FINISHED = "finished"  # a run ended: Event.run.state is done (Event.result), failed or cancelled
 MESSAGE = "message"  # something to tell the artist that is not a run's end (Event.message)
 IDLE = "idle"  # no run is pending any more (after close(): the window may go)
+ESTIMATE = "estimate"  # what a run with the window's settings would do (Event.message)
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,8 @@ class StudioController:
         self._durations: list[float] = []  # seconds each finished run took, for queue ETAs
         self._ids = 0
         self._warm_up = warm_up
+        self._estimate_wanted: tuple[tuple[int, int], dict[str, Any]] | None = None
+        self._estimating = False
         self._closing = False
         self._lock = threading.Condition()
         self._worker = threading.Thread(target=self._work, name="nst-window-worker", daemon=True)
@@ -261,6 +266,18 @@ class StudioController:
             self._lock.notify_all()
         self._changed_all()
         return run.id
+
+    def estimate(self, size: tuple[int, int], settings: Mapping[str, Any]) -> None:
+        """Ask, off the main loop, what a run with ``settings`` on a photo of ``size`` (width,
+        height) would do; the answer comes as an ESTIMATE event (empty text when the server
+        cannot say). Only the latest question is answered: settings change faster than the
+        server answers."""
+        with self._lock:
+            self._estimate_wanted = (size, dict(settings))
+            if self._estimating:
+                return
+            self._estimating = True
+        threading.Thread(target=self._estimates, name="nst-window-estimate", daemon=True).start()
 
     def keep(self, run_id: int) -> None:
         """Stop the run after its current step and keep that picture as the result."""
@@ -453,6 +470,23 @@ class StudioController:
                 tracker.cancel_quietly()
         else:
             self._finish_run(run, DONE, "Done", result)
+
+    def _estimates(self) -> None:
+        while True:
+            with self._lock:
+                wanted, self._estimate_wanted = self._estimate_wanted, None
+                if wanted is None or self._closing:
+                    self._estimating = False
+                    return
+            size, settings = wanted
+            try:
+                schema = self._schema or self.client.params()
+                params = build_job_params(schema, settings)
+                params["upscale"] = "detail"  # its plan also says what plain would do
+                text = plan_text(self.client.plan(size, params))
+            except (NstError, ValueError, TypeError):  # no estimate; a run would say why
+                text = ""
+            self._notify(Event(ESTIMATE, message=text))
 
     def _prepare_quietly(self) -> None:
         """While the artist chooses: the server started if needed, its parameters known, so

@@ -55,6 +55,21 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def plan_text(plan: Mapping[str, Any]) -> str:
+    """What the artist reads before Run, from ``NstClient.plan`` asked with ``upscale:
+    detail``: the processing size, the enlargement to the layer, and what "Restore detail"
+    costs against "Plain"."""
+    side = max(plan["processing_size"])
+    enlargement = float(plan["enlargement"])
+    if enlargement < 1.05:
+        return f"Processed at the layer's own size, {side} px."
+    return (
+        f"Processed at {side} px, then enlarged ×{enlargement:.1f} to the layer. Up-scale "
+        f'"Restore detail" paints the layer\'s own scale and takes about '
+        f'{float(plan["work_vs_plain"]):.1f}× as long as "Plain".'
+    )
+
+
 def _number(value: Any) -> float | None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     return float(value) if ok else None

@@ -198,6 +198,9 @@ class WindowScript:
     def on_message(self, text: str) -> None:
         self.log("message", text=text)
 
+    def on_estimate(self, text: str) -> None:
+        self.log("estimate", text=text)
+
     def on_finished(self, view) -> None:
         self.finished += 1
         self.log(
@@ -275,6 +278,8 @@ class WindowScript:
             return bool(runs) and self.run_previews.get(runs[0], 0) >= step["wait_previews"]
         elif "wait_finished" in step:
             return self.finished >= step["wait_finished"]
+        elif "wait_estimate" in step:  # the estimate under the settings shows this text
+            return step["wait_estimate"] in window.estimate.get_text()
         elif "wait_file" in step:
             return os.path.exists(os.path.join(os.path.dirname(self.log_path), step["wait_file"]))
         elif "sleep" in step:
@@ -287,6 +292,7 @@ class WindowScript:
                 layers=self.layers(),
                 selection=images.alive(window.image) and not Gimp.Selection.is_empty(window.image),
                 message=window.message.get_text(),
+                estimate=window.estimate.get_text(),
                 history=[row.entry.layer_name for row in window.history.get_children()],
                 runs=[
                     {

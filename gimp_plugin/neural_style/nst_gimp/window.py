@@ -179,8 +179,15 @@ class StudioWindow:
         self.message.set_max_width_chars(48)
         side.pack_start(self.message, False, False, 0)
 
+        # Before Run: the processing size, the enlargement and what "Restore detail" costs.
+        self.estimate = Gtk.Label(xalign=0.0, wrap=True)
+        self.estimate.set_max_width_chars(48)
+        left = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=8)
+        left.pack_start(settings_box, False, False, 0)
+        left.pack_start(self.estimate, False, False, 0)
+
         columns = Gtk.Box(spacing=12)
-        columns.pack_start(settings_box, False, False, 0)
+        columns.pack_start(left, False, False, 0)
         columns.pack_start(Gtk.Separator(orientation=Gtk.Orientation.VERTICAL), False, False, 0)
         columns.pack_start(side, True, True, 0)
         content = dialog.get_content_area()
@@ -278,6 +285,8 @@ class StudioWindow:
         self._refresh_start_from()
         self.refresh_presets()
         self.dialog.show()
+        self.config.connect("notify", lambda *_a: self._ask_estimate())
+        self._ask_estimate()
         GLib.timeout_add(IMAGE_WATCH_MS, self._watch_image)
         Gtk.main()
         self.preview.remove()
@@ -288,6 +297,11 @@ class StudioWindow:
     def say(self, text: str, error: bool = False) -> None:
         markup = html.escape(text)
         self.message.set_markup(f"<b>{markup}</b>" if error else markup)
+
+    def _ask_estimate(self) -> None:
+        if images.alive(self.content_layer):
+            size = (self.content_layer.get_width(), self.content_layer.get_height())
+            self.controller.estimate(size, remembered_settings(self.config))
 
     def _client_settings(self) -> tuple:
         return (self.config.get_property("server-url"), self.config.get_property("server-token"))
@@ -392,6 +406,10 @@ class StudioWindow:
             self._trim_rows()
         elif event.kind == ctl.MESSAGE:
             self.say(event.message or "")
+        elif event.kind == ctl.ESTIMATE:
+            self.estimate.set_text(event.message or "")
+            for observer in self.observers:
+                observer.on_estimate(event.message or "")
         elif event.kind == ctl.IDLE and self.closing:
             Gtk.main_quit()
 
