@@ -452,6 +452,9 @@ def test_iterations_over_the_server_limit(make_app) -> None:
         "limit of 100",
         "max_iterations",
     )
+    # The device's default (150 steps on a CPU) is held to the same limit, and so is a plan.
+    assert_error(post_job(client), 400, "bad_params", "limit of 100")
+    assert_error(post_plan(client, {"width": 64, "height": 48}), 400, "bad_params", "limit of 100")
 
 
 def test_processing_size_over_the_server_limit(make_app) -> None:
