@@ -479,11 +479,16 @@ class StudioController:
                     self._estimating = False
                     return
             size, settings = wanted
+            client = self.client
             try:
-                schema = self._schema or self.client.params()
+                schema = self._schema
+                if schema is None:  # asked once, as _prepare_quietly does, not per estimate
+                    schema = client.params()
+                    if self.client is client:
+                        self._schema = schema
                 params = build_job_params(schema, settings)
                 params["upscale"] = "detail"  # its plan also says what plain would do
-                text = plan_text(self.client.plan(size, params))
+                text = plan_text(client.plan(size, params))
             except (NstError, ValueError, TypeError):  # no estimate; a run would say why
                 text = ""
             self._notify(Event(ESTIMATE, message=text))
