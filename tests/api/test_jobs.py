@@ -369,3 +369,17 @@ def test_long_polls_pace_progress_but_answer_the_end_at_once(make_queue) -> None
     assert len(progress) >= 2 and all(t >= LONG_POLL_GAP_S - 0.01 for t in progress), answers
     assert len(answers) < 15  # paced: not one answer per step
     assert answers[-1][0] < LONG_POLL_GAP_S + 0.1  # the end is not held back further
+
+
+def test_the_worker_never_starts_a_job_abandoned_between_housekeeping_ticks(make_queue) -> None:
+    # The housekeeper ticks once a minute here: only the worker itself can notice that nobody
+    # asked about the waiting job while the first one ran.
+    engine = FakeEngine(step_s=0.02)
+    queue = make_queue(engine, abandon_after_s=0.3, tick_s=60)
+    running = queue.submit(job_inputs(CONTENT, [STYLE]), params(40))  # ~0.8 s, polled
+    waiting = queue.submit(job_inputs(CONTENT, [STYLE]), params(5))  # never polled
+    assert wait_for(lambda: finished(queue, running.id), 10)["state"] == "done"
+    wait_for(lambda: as_json(queue.snapshot(waiting.id, touch=False))["state"] != "queued", 5)
+    snap = as_json(queue.snapshot(waiting.id, touch=False))
+    assert snap["state"] == "cancelled" and "abandoned" in snap["error"], snap
+    assert len(engine.calls) == 1
