@@ -93,6 +93,18 @@ def make_test_app(engine: object, *, start_worker: bool = True, **settings: obje
     return app
 
 
+def serving_client(app: Flask, timeout: float = 30.0) -> FlaskClient:
+    """``app``'s test client once its worker has built the network (``/v1/health`` says "ok"):
+    the worker thread builds it in the background, so the first requests may see "loading"."""
+    from tests.fake_engine import wait_for
+
+    client = app.test_client()
+    wait_for(
+        lambda: client.get("/v1/health").get_json()["status"] == "ok", timeout, "the worker ready"
+    )
+    return client
+
+
 def job_inputs(
     content: np.ndarray,
     styles: list[np.ndarray],

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from nst_server.api import get_queue
-from tests.api.helpers import make_test_app
+from tests.api.helpers import make_test_app, serving_client
 from tests.fake_engine import FakeEngine
 from tests.reliability.fuzzing import Request, check_answer, requests
 from tests.reliability.helpers import gradient, painting, png
@@ -32,7 +32,7 @@ class FuzzTarget:
     def __init__(self) -> None:
         self.engine = FakeEngine(record_calls=False)  # 10,000 requests: keep no arrays
         self.app = make_test_app(self.engine, abandon_after_s=0, queue_size=4, job_ttl_s=60)
-        self.client = self.app.test_client()
+        self.client = serving_client(self.app)
         self.sent = 0
         self.statuses: dict[int, int] = {}
         self.paths: set[str] = set()

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from nst_server.api import get_queue
-from tests.api.helpers import make_test_app
+from tests.api.helpers import make_test_app, serving_client
 from tests.fake_engine import FakeEngine
 from tests.reliability.helpers import gradient, painting, png
 from tests.reliability.hostile import H, W, bomb_png, hostile_images
@@ -22,7 +22,7 @@ CASES = hostile_images()
 @pytest.fixture(scope="module")
 def client():
     app = make_test_app(FakeEngine(), abandon_after_s=0)
-    yield app.test_client()
+    yield serving_client(app)
     get_queue(app).close()
 
 
