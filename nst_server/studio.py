@@ -16,6 +16,7 @@ or raw PNG bytes (never pickles), each with a time-to-live.
     nst:job:<id>:result    the result PNG
     nst:queued             sorted set: waiting jobs by submission (queue positions)
     nst:jobs               sorted set: every job by submission (GET /v1/jobs)
+    nst:admission          a lock a submit holds while it checks the caps and queues its job
     nst:worker:<wid>       hash: a worker's device, status, job; expires unless refreshed
 
 The front (:class:`RedisQueue`, the API's queue when ``--broker`` is given) holds no network
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 PREFIX = "nst:"
 QUEUED = PREFIX + "queued"
 ALL_JOBS = PREFIX + "jobs"
+#: Taken by a submit while it checks the queue's caps and queues its job.
+ADMISSION_LOCK = PREFIX + "admission"
+ADMISSION_LOCK_S = 30
 #: Dramatiq's queue and actor (the worker declares the same).
 QUEUE_NAME = "nst_style"
 ACTOR_NAME = "run_style_job"
@@ -332,13 +336,6 @@ class RedisQueue:
             finally:
                 self.budget.release(job_id)
         with self._redis():
-            waiting = self._waiting()
-            if len(waiting) >= self.capacity:
-                raise QueueFull(self.capacity)
-            if self.artist_cap is not None:
-                mine = [j for j, who in waiting if who == owner]
-                if len(mine) >= self.artist_cap:
-                    raise ArtistQueueFull(self.artist_cap)
             now = time.time()
             uploads: dict[str, bytes] = {"content": inputs.content.data}
             for i, style in enumerate(inputs.styles):
@@ -368,7 +365,9 @@ class RedisQueue:
             self._touch(pipe, job_id)
             pipe.zadd(QUEUED, {job_id: now})
             pipe.zadd(ALL_JOBS, {job_id: now})
-            pipe.execute()
+            with self._admission():  # the caps are checked and taken in one step
+                self._check_caps(owner)
+                pipe.execute()
             try:
                 self.broker().enqueue(broker_message(job_id))
             except Exception as exc:  # the job must not wait for a message that never came
@@ -384,6 +383,30 @@ class RedisQueue:
             params.to_dict(),
         )
         return JobView(job_id, owner, JobState.QUEUED, {"phase": "queued"}, None, None)
+
+    @contextmanager
+    def _admission(self) -> Iterator[None]:
+        """Held while a submit checks the caps and queues its job: every front's submits take
+        turns, so simultaneous ones cannot all see the same free place. Redis expires the lock
+        if a front dies holding it."""
+        lock = self.redis.lock(ADMISSION_LOCK, timeout=ADMISSION_LOCK_S, blocking_timeout=10)
+        if not lock.acquire():
+            raise BrokerUnavailable("the studio's job queue is busy; try again shortly")
+        try:
+            yield
+        finally:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:  # held past its timeout: already expired
+                log.warning("the queue's admission lock expired before it was released")
+
+    def _check_caps(self, owner: str) -> None:
+        waiting = self._waiting()
+        if len(waiting) >= self.capacity:
+            raise QueueFull(self.capacity)
+        mine = sum(who == owner for _, who in waiting)
+        if self.artist_cap is not None and mine >= self.artist_cap:
+            raise ArtistQueueFull(self.artist_cap)
 
     def broker(self) -> Any:
         if self._broker is None:

@@ -3,7 +3,9 @@ makes on a job (a real redis-server; no worker process, no network)."""
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,32 @@ def test_the_studio_queue_caps_each_artist_and_the_whole_queue(redis_server, red
     assert fields[b"params"].startswith(b"{") and fields[b"state"] == b"queued"
     assert redis_client.hget(job_key(first.id, "in"), "content").startswith(b"\x89PNG")
     queue.close()
+
+
+def test_simultaneous_submits_never_exceed_the_caps(redis_server, redis_client) -> None:
+    """Two fronts on one Redis, eight submits at once: the caps are checked and taken in one
+    step, so exactly the capped number gets in (each front's threads and the other front alike)."""
+    fronts = [redis_queue(redis_server.url, queue_size=8) for _ in range(2)]
+    start = threading.Barrier(8)
+
+    def submit(i: int) -> str:
+        start.wait()
+        try:
+            fronts[i % 2].submit(
+                job_inputs(PICTURE, [PICTURE]), StyleParams(iterations=1), owner="alice"
+            )
+        except ArtistQueueFull:
+            return "refused"
+        return "queued"
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(submit, range(8)))
+        assert answers.count("queued") == 2 and answers.count("refused") == 6, answers
+        assert redis_client.zcard(QUEUED) == 2
+    finally:
+        for front in fronts:
+            front.close()
 
 
 def test_an_abandoned_waiting_job_is_cancelled_and_frees_its_place(redis_server, redis_client):
