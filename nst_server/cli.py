@@ -233,8 +233,10 @@ def _serve(ns: argparse.Namespace) -> int:
 
 
 def _worker(ns: argparse.Namespace) -> int:
+    from nst_server.jobmodel import BrokerUnavailable
     from nst_server.server import ServerConfigError, setup_logging
     from nst_server.settings import SettingsError
+    from nst_server.studio import check_password
     from nst_server.worker import run_worker
 
     device = ns.device
@@ -252,7 +254,8 @@ def _worker(ns: argparse.Namespace) -> int:
             settings = settings.replace(log_file=str(log_file))
         _log_to_stderr()
         setup_logging(Path(settings.log_file or log_file))
-    except (SettingsError, ServerConfigError, OSError) as exc:
+        check_password(settings.broker)
+    except (SettingsError, ServerConfigError, OSError, BrokerUnavailable) as exc:
         print(f"nst-server: {exc}", file=sys.stderr)
         return 2
     run_worker(settings, device=device, tf_threads=max(0, ns.tf_threads))

@@ -166,7 +166,15 @@ def serve(settings: ServerSettings, *, weights: Any = None) -> None:
     tempfile.tempdir = str(private_dir(spool_dir()))
     raise_file_limit(settings.connection_limit + 256)
     engine = None
-    if not settings.broker:  # a studio's front holds no network: its workers do
+    if settings.broker:
+        from nst_server.jobmodel import BrokerUnavailable
+        from nst_server.studio import check_password
+
+        try:
+            check_password(settings.broker)
+        except BrokerUnavailable as exc:
+            raise ServerConfigError(str(exc)) from None
+    else:  # a studio's front holds no network: its workers do
         from nst_server.engine import StyleEngine  # imports TensorFlow
         from nst_server.weights import resolve_weights
 

@@ -126,10 +126,31 @@ def broker_message(job_id: str) -> Any:
 def unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
     where = redis.connection.parse_url(url) if url.startswith("redis") else {}
     host = f"{where.get('host', '?')}:{where.get('port', 6379)}"
+    if isinstance(exc, redis.AuthenticationError):  # NOAUTH or WRONGPASS
+        given = "a password" if where.get("password") else "no password"
+        return BrokerUnavailable(
+            f"the studio's Redis at {host} refused this server's password ({given} in the "
+            "broker URL): give Redis's requirepass as redis://:PASSWORD@HOST:PORT/DB "
+            "(README, Studio)"
+        )
     return BrokerUnavailable(
         f"the studio's job queue (Redis at {host}) cannot be reached ({type(exc).__name__}); "
         "queued jobs are kept there and go on when it is back; try again shortly"
     )
+
+
+def check_password(url: str) -> None:
+    """Raise :class:`BrokerUnavailable` when Redis refuses the URL's password, which will not
+    mend itself (a Redis that is down may come back: then fronts answer 503 and workers wait)."""
+    client = connect(url)
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise unavailable(url, exc) from None
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
 
 
 def text(value: bytes | None, default: str = "") -> str:
@@ -296,9 +317,10 @@ class RedisQueue:
 
     @property
     def status_error(self) -> str | None:
-        workers = self._workers_or_none()
-        if workers is None:
-            return str(unavailable(self.url, ConnectionError()))
+        try:
+            workers = self.workers()
+        except BrokerUnavailable as exc:
+            return str(exc)
         if not workers:
             return "no worker is connected: start `nst-server worker --broker URL`"
         errors = [f"{w['id']}: {w['error']}" for w in workers if w["status"] == "error"]

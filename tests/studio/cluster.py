@@ -46,20 +46,23 @@ class RedisServer:
     """``redis-server`` on 127.0.0.1:<free port>, append-only file on (jobs survive a
     restart), its files in ``folder``."""
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, password: str | None = None) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.password = password
         self.process: subprocess.Popen | None = None
         self.config = folder / "redis.conf"
         self.config.write_text(
             f"port {self.port}\nbind 127.0.0.1\nprotected-mode yes\ndir {folder}\n"
             'appendonly yes\nappendfsync always\nsave ""\nlogfile redis.log\n'
+            + (f"requirepass {password}\n" if password else "")
         )
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        secret = f":{self.password}@" if self.password else ""
+        return f"redis://{secret}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
@@ -70,7 +73,7 @@ class RedisServer:
         )
         import redis
 
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=1)
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -85,7 +88,7 @@ class RedisServer:
     def client(self):  # noqa: ANN201 - redis.Redis
         import redis
 
-        return redis.Redis(port=self.port)
+        return redis.Redis(port=self.port, password=self.password)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

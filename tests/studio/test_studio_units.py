@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from nst_server.auth import ArtistTokens, Principal, TokenError, parse_tokens_file
+from nst_server.cli import main
 from nst_server.jobmodel import ArtistQueueFull, BrokerUnavailable, JobState, QueueFull
 from nst_server.jobs import LocalQueue
 from nst_server.params import StyleParams
@@ -150,6 +151,41 @@ def test_an_abandoned_waiting_job_is_cancelled_and_frees_its_place(redis_server,
     snapshot = as_json(queue.snapshot(job.id))
     assert snapshot["state"] == "cancelled" and "abandoned" in snapshot["error"]
     queue.close()
+
+
+def test_a_redis_with_a_password_works_and_a_wrong_one_says_so(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """README's studio Redis has a password: the front's keys and Dramatiq's messages both go
+    through the URL's password; a wrong one is a clear error, not a hang or a traceback."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # the front's token file
+    server = RedisServer(tmp_path / "redis", password="s3cret-studio-password").start()
+    try:
+        queue = redis_queue(server.url)
+        job = queue.submit(job_inputs(PICTURE, [PICTURE]), StyleParams(iterations=1), owner="al")
+        assert as_json(queue.snapshot(job.id))["state"] == "queued"
+        messages = [k for k in server.client().keys("nst-dramatiq*") if b"msgs" in k]
+        assert messages, "Dramatiq's message did not reach the password-protected Redis"
+        queue.close()
+        for url, given in [
+            (server.url.replace("s3cret", "wrong"), "a password"),
+            (server.url.replace(":s3cret-studio-password@", ""), "no password"),
+        ]:
+            refused = redis_queue(url)
+            with pytest.raises(BrokerUnavailable, match=f"refused .*{given} in the broker URL"):
+                refused.snapshot(job.id)
+            assert refused.status == "error" and "requirepass" in str(refused.status_error)
+            assert "wrong" not in str(refused.status_error)  # no password in health
+            refused.close()
+        # A worker or a front started with a refused password stops at once and says why
+        # (a worker would otherwise build its network and retry forever).
+        for command in ("worker", "serve"):
+            argv = [command, "--broker", server.url.replace("s3cret", "wrong")]
+            argv += ["--log-file", str(tmp_path / f"{command}.log")]
+            assert main(argv) == 2, command
+            assert "refused this server's password" in capsys.readouterr().err
+    finally:
+        server.stop()
 
 
 def test_redis_unreachable_is_broker_unavailable() -> None:
