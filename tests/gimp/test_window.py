@@ -84,7 +84,7 @@ def test_window_preview_keep_undo_cancel_history_presets(
     gives the picture of that moment; the undo history holds the artist's three steps and one
     for the result; Cancel leaves layers and undo (redo too) as they were; a selection masks
     the preview as the result; history restores and reruns; the queue; presets; closing with a
-    run pending and letting it finish."""
+    run pending and letting it finish; a clean image stays clean unless a result lands."""
     steps = [
         {"log": "opened"},
         {"set": LONG},
@@ -146,6 +146,15 @@ def test_window_preview_keep_undo_cancel_history_presets(
         {"set": {"max-size": 64, "quality": "standard"}},
         {"wait_estimate": "enlarged ×2.0"},
         {"log": "estimate"},
+        # A saved (clean) image: previews and a cancel leave it clean; a kept result (below) not.
+        {"mark_clean": True},
+        {"set": LONG},
+        {"run": True},
+        {"wait_previews": 2},
+        {"log": "clean-preview"},
+        {"cancel": True},
+        {"wait_finished": 6},
+        {"log": "clean-cancelled"},
         # Closing with a run pending: "Let them finish" - it lands after the window is gone.
         {"set": {**SHORT, "quality": "standard"}},
         {"run": True},
@@ -269,6 +278,13 @@ def test_window_preview_keep_undo_cancel_history_presets(
         r"Processed at 64 px, then enlarged ×2\.0 .* about \d+\.\d× as long",
         states["estimate"]["estimate"],
     ), states["estimate"]
+
+    # A clean image stays clean through previews and a cancel (closing it asks nothing), the
+    # preview was there; the result that landed last made it dirty.
+    assert states["clean-preview"]["dirty"] is False
+    assert any(layer["preview"] for layer in states["clean-preview"]["layers"])
+    assert states["clean-cancelled"]["dirty"] is False and ends[6]["state"] == "cancelled"
+    assert closed["dirty"] is True
 
     # Closed with a run pending, answered "let them finish": it landed after the window went.
     final = closed["layers"]

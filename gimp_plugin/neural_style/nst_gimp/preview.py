@@ -27,12 +27,17 @@ PREVIEW_PARASITE = "neural-style-preview"
 
 @contextlib.contextmanager
 def undo_frozen(image):
-    """No undo steps for what happens inside (the artist's steps before and after stay)."""
+    """No undo steps for what happens inside (the artist's steps before and after stay), and
+    an image that was clean stays clean: GIMP marks it dirty even with undo frozen, and a run
+    that only showed a preview must not make closing the image ask to save it."""
+    was_clean = not image.is_dirty()
     image.undo_freeze()
     try:
         yield
     finally:
         image.undo_thaw()
+        if was_clean and image.is_dirty():
+            image.clean_all()
 
 
 def _marker():

@@ -193,6 +193,7 @@ class WindowScript:
             "closed",
             layers=[layer["name"] for layer in self.layers()] if alive else None,
             image_closed=not alive,
+            dirty=alive and window.image.is_dirty(),
         )
 
     def on_message(self, text: str) -> None:
@@ -291,6 +292,7 @@ class WindowScript:
                 label=step["log"],
                 layers=self.layers(),
                 selection=images.alive(window.image) and not Gimp.Selection.is_empty(window.image),
+                dirty=images.alive(window.image) and window.image.is_dirty(),
                 message=window.message.get_text(),
                 estimate=window.estimate.get_text(),
                 history=[row.entry.layer_name for row in window.history.get_children()],
@@ -319,6 +321,8 @@ class WindowScript:
                     window.image.remove_layer(layer)
                     Gimp.displays_flush()
                     break
+        elif "mark_clean" in step:  # as saving the image does
+            window.image.clean_all()
         elif "select" in step:  # a rectangle in the photo's coordinates
             x, y, width, height = step["select"]
             offset_x, offset_y = window.content_layer.get_offsets()[1:]
