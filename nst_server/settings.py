@@ -138,6 +138,17 @@ class ServerSettings:
             metavar="SECONDS",
         ),
     )
+    stop_grace_s: float = field(
+        default=30.0,
+        metadata=_setting(
+            "A studio worker asked to stop (SIGTERM, Ctrl+C) lets its job run this many seconds "
+            "more, then puts it back at the head of the queue for another worker.",
+            minimum=0.0,
+            maximum=3600.0,
+            flag="--stop-grace",
+            metavar="SECONDS",
+        ),
+    )
     # --- jobs ----------------------------------------------------------------------------------
     queue_size: int = field(
         default=16,

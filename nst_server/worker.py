@@ -8,7 +8,8 @@ cancel and finish live: the Redis keys of nst_server/studio.py.
 
 A worker that cannot load its weights or its device takes no job: it stays up, says why in its
 heartbeat (``/v1/health`` lists it with ``status: error``) and waits to be stopped. Every job it
-starts and ends is a line in its log with the job's id.
+starts and ends is a line in its log with the job's id. Asked to stop, it lets its job run for
+``stop_grace_s``, then puts it back at the head of the queue for another worker.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from nst_server.studio import (
     END_SCRIPT,
     QUEUE_NAME,
     QUEUED,
+    broker_message,
     connect,
     decode_state,
     end_job,
@@ -85,6 +87,26 @@ return {'run', tostring(attempts + 1)}
 """
 
 
+#: Put a job this worker is stopping back at the head of the queue: KEYS job hash, queued set,
+#: preview; ARGV worker id, progress JSON, job id, job key prefix. Only while it is still
+#: running here; the attempt does not count (the job was not lost to a dead worker).
+REQUEUE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 0 end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '1')
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', math.max(0, attempts - 1),
+  'progress', ARGV[2])
+redis.call('HDEL', KEYS[1], 'worker', 'started', 'preview_step')
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'created'), ARGV[3])
+for _, behind in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if behind ~= ARGV[3] then redis.call('HINCRBY', ARGV[4] .. behind, 'version', 1) end
+end
+redis.call('DEL', KEYS[3])
+return 1
+"""
+
+
 #: Longest an idle worker waits between looks at the queue, in milliseconds.
 IDLE_FETCH_MS = 100
 
@@ -107,10 +129,13 @@ class WorkerProcess:
         self.redis = connect(settings.broker)
         self._claim = self.redis.register_script(CLAIM_SCRIPT)
         self._end = self.redis.register_script(END_SCRIPT)
+        self._requeue = self.redis.register_script(REQUEUE_SCRIPT)
         self.job: str | None = None
         self.jobs_done = 0
         self.problem = problem
         self._stop = threading.Event()
+        #: Set when stopping and the job outlived the grace: it goes back to the queue.
+        self.handing_over = threading.Event()
         self._dramatiq: Any = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -133,8 +158,20 @@ class WorkerProcess:
             pass
         log.info("worker %s stopping", self.id)
         if self._dramatiq is not None:
+            self._hand_over_after(self.settings.stop_grace_s)
             self._dramatiq.stop(timeout=30_000)
         self._beat_once(gone=True)
+
+    def _hand_over_after(self, grace_s: float) -> None:
+        """Let the running job (if any) end within ``grace_s``; after that it stops at its next
+        step and goes back to the queue for another worker, at once (not after the timeout
+        that tells a dead worker)."""
+        deadline = time.monotonic() + grace_s
+        while self.job is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.job is not None:
+            log.info("job %s: handing it over, this worker is stopping", self.job)
+            self.handing_over.set()
 
     @property
     def device(self) -> str:
@@ -234,6 +271,11 @@ class WorkerProcess:
         log.info("job %s started (attempt %s) for %s", job_id, detail, state["owner"])
         started = time.monotonic()
         outcome = self._run(job_id, state)
+        if outcome.state == JobState.CANCELLED and self._hand_back(job_id):
+            log.info(
+                "job %s handed back to the queue after %.1f s", job_id, time.monotonic() - started
+            )
+            return
         self._finish(job_id, outcome)
         log.info(
             "job %s ended %s in %.1f s%s",
@@ -242,6 +284,18 @@ class WorkerProcess:
             time.monotonic() - started,
             f": {outcome.error}" if outcome.error else "",
         )
+
+    def _hand_back(self, job_id: str) -> bool:
+        """When the job stopped because this worker is stopping (not cancelled by a client),
+        queue it again with a new message for another worker; True if it was."""
+        if not self.handing_over.is_set() or self.redis.hexists(job_key(job_id), "cancel"):
+            return False
+        progress = json.dumps({"phase": "queued", "note": "its worker stopped; it starts again"})
+        keys = [job_key(job_id), QUEUED, job_key(job_id, "preview")]
+        if not self._requeue(keys=keys, args=[self.id, progress, job_id, job_key("")]):
+            return False
+        self._dramatiq.broker.enqueue(broker_message(job_id))
+        return True
 
     def _claim_job(self, job_id: str) -> tuple[str, str]:
         keys = [job_key(job_id), QUEUED, job_key(job_id, "preview")]
@@ -369,6 +423,13 @@ class _RedisControl:
         except (redis.ConnectionError, redis.TimeoutError):
             return False  # Redis is away: the job goes on, its clients cannot ask anything
         self._finish = finish is not None
+        if (
+            self.worker.handing_over.is_set()
+            and cancel is None
+            and not self._finish  # a Keep asked still lands
+            and self.progress.get("phase") != "encoding"  # the result is there: record it
+        ):
+            return True  # stops here; the worker queues it again
         abandon = self.worker.settings.abandon_after_s
         if cancel is None and not seen and abandon > 0:
             self.redis.hsetnx(self.key, "cancel", abandoned_message(abandon))

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     studio = Studio(tmp_path_factory.mktemp("studio"), workers=2, worker_timeout_s=4.0)
+    studio.env["NST_STOP_GRACE_S"] = "1"
     studio.start(
         front_env={
             "NST_QUEUE_SIZE": "40",
@@ -308,6 +309,30 @@ def test_redis_down_is_503_and_queued_jobs_survive_its_restart(studio: Studio) -
     assert status == 200 and result_identity(png) == (size, alpha)
 
 
+def test_sigterm_of_a_busy_worker_hands_its_job_to_another_at_once(studio: Studio) -> None:
+    """Stopping a worker (a studio's restart or upgrade) lets its job run --stop-grace seconds
+    (1 here), then puts it back at the head of the queue: another worker runs it from the start,
+    without waiting for the dead-worker timeout and without counting it as a death."""
+    studio.wait_workers_ready(2)
+    content, size, alpha = identity_content(11)
+    job_id = submit(studio, "alice", content, LONG)
+    wait_job(studio, "alice", job_id, ("running",))
+    busy = next(w for w in studio.health()["workers"] if w["job"] == job_id)
+    stopping = next(w for w in studio.workers if str(w.pid) in busy["id"])
+    assert stopping.process is not None
+    stopping.process.terminate()
+    stopped_at = time.monotonic()
+    assert stopping.process.wait(30) == 0
+    assert f"job {job_id} handed back to the queue" in stopping.log_text()
+    wait_until(lambda: any(w["job"] == job_id for w in studio.health()["workers"]), timeout=30)
+    handed_over_after = time.monotonic() - stopped_at
+    assert studio.redis.client().hget(f"nst:job:{job_id}", "attempts") == b"1"  # not a death
+    assert len(started_by(studio)[job_id]) == 2  # started once on each worker
+    keep_and_check(studio, job_id, (size, alpha))
+    print(f"handed over to another worker {handed_over_after:.1f} s after SIGTERM")
+    studio.add_worker(name="worker-after-sigterm")  # the next test needs two
+
+
 def test_sigkill_of_a_busy_worker_restarts_its_job_once_on_another(studio: Studio) -> None:
     studio.wait_workers_ready(2)
     content, size, alpha = identity_content(7)
@@ -335,12 +360,17 @@ def test_sigkill_of_a_busy_worker_restarts_its_job_once_on_another(studio: Studi
     assert studio.redis.client().hget(f"nst:job:{job_id}", "attempts") == b"2"
     body = wait_job(studio, "alice", job_id, ("running",))
     assert body["params"]["seed"] == 0  # the same job, from the start
+    keep_and_check(studio, job_id, (size, alpha))
+    print(f"restarted on another worker {restarted_after:.1f} s after SIGKILL")
+
+
+def keep_and_check(studio: Studio, job_id: str, identity: tuple) -> None:
+    """Finish alice's running job: it is done, with a result of her photo's identity."""
     studio.front.request("POST", f"/v1/jobs/{job_id}/finish", headers=studio.auth("alice"))
     body = wait_job(studio, "alice", job_id, ("done", "failed", "cancelled"), timeout=30)
     assert body["state"] == "done", body
     status, png = get(studio, "alice", f"/v1/jobs/{job_id}/result")
-    assert status == 200 and result_identity(png) == (size, alpha)
-    print(f"restarted on another worker {restarted_after:.1f} s after SIGKILL")
+    assert status == 200 and result_identity(png) == identity
 
 
 def studio_timeout(studio: Studio) -> float:
