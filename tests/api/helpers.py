@@ -17,6 +17,7 @@ from nst_server.auth import Authenticator
 from nst_server.images import encode_png, inspect_image
 from nst_server.jobs import JobInputs, Upload
 from nst_server.settings import ServerSettings
+from tests.fake_engine import wait_for
 
 
 def png_bytes(image: Image.Image, **save: object) -> bytes:
@@ -96,8 +97,6 @@ def make_test_app(engine: object, *, start_worker: bool = True, **settings: obje
 def serving_client(app: Flask, timeout: float = 30.0) -> FlaskClient:
     """``app``'s test client once its worker has built the network (``/v1/health`` says "ok"):
     the worker thread builds it in the background, so the first requests may see "loading"."""
-    from tests.fake_engine import wait_for
-
     client = app.test_client()
     wait_for(
         lambda: client.get("/v1/health").get_json()["status"] == "ok", timeout, "the worker ready"

@@ -425,9 +425,8 @@ class StudioController:
         try:
             if self._schema is None:
                 ensure_server(self.client, self._start_command, report=lambda t: self._say(run, t))
-                self._schema = self.client.params()
             run.params = build_job_params(
-                self._schema, request.settings, styles=len(request.style_pngs)
+                self._server_params(self.client), request.settings, styles=len(request.style_pngs)
             )
             job_id = self.client.submit(
                 request.content_png,
@@ -481,12 +480,7 @@ class StudioController:
             size, settings = wanted
             client = self.client
             try:
-                schema = self._schema
-                if schema is None:  # asked once, as _prepare_quietly does, not per estimate
-                    schema = client.params()
-                    if self.client is client:
-                        self._schema = schema
-                params = build_job_params(schema, settings)
+                params = build_job_params(self._server_params(client), settings)
                 params["upscale"] = "detail"  # its plan also says what plain would do
                 text = plan_text(client.plan(size, params))
             except (NstError, ValueError, TypeError):  # no estimate; a run would say why
@@ -503,9 +497,17 @@ class StudioController:
                 self._start_command,
                 report=lambda text: self._notify(Event(MESSAGE, message=text)),
             )
+            self._server_params(client)
+
+    def _server_params(self, client: NstClient) -> dict[str, Any]:
+        """The server's parameters (``GET /v1/params``), asked once and kept while ``client``
+        is still the window's (new settings, a new client: asked again)."""
+        schema = self._schema
+        if schema is None:
             schema = client.params()
             if self.client is client:
                 self._schema = schema
+        return schema
 
     def _say(self, run: _Run, text: str) -> None:
         with self._lock:
